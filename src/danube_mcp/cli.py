@@ -1,0 +1,238 @@
+"""Command line: flags and environment, logging, then one transport.
+
+Start-up problems are one line on stderr and exit code 2. stdout is never written to, except by
+``--version`` and the ``--self-test`` report, which do not speak MCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from danube_mcp import __version__
+from danube_mcp.config import ConfigError, Settings, load_settings, parse_log_level
+
+logger = logging.getLogger("danube_mcp")
+
+TRANSPORTS = ("stdio", "streamable-http", "sse", "http")
+SANDBOX_URL = "http://danube-sandbox.invalid"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, like every other start-up failure
+        self.exit(2, f"danube-mcp: {message} (see danube-mcp --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="danube-mcp",
+        description="MCP server exposing Danube's credential store as the store_credential tool. "
+        "Danube settings come from the environment (DANUBE_API_KEY, DANUBE_API_URL, DANUBE_ORG_ID, "
+        "DANUBE_TIMEOUT, DANUBE_MAX_RETRIES); see the README.",
+    )
+    p.add_argument("--version", action="version", version=f"danube-mcp {__version__}")
+    p.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING (default) or ERROR; env DANUBE_MCP_LOG_LEVEL. Logs go to stderr.",
+    )
+    p.add_argument(
+        "--sandbox",
+        action="store_true",
+        default=None,
+        help="store credentials in a local encrypted test database instead of Danube (no key needed)",
+    )
+    p.add_argument("--sandbox-db", metavar="PATH", default=None, help="database file for --sandbox")
+    p.add_argument(
+        "--self-test",
+        action="store_true",
+        help="start the server as a child over stdio, check it, print a report and exit",
+    )
+    http = p.add_argument_group("HTTP transports")
+    http.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=None,
+        help="stdio (default), streamable-http (/mcp), sse (/sse + /messages/), or http (both); "
+        "env DANUBE_MCP_TRANSPORT",
+    )
+    http.add_argument("--host", default=None, help="address to bind (default 127.0.0.1); env DANUBE_MCP_HOST")
+    http.add_argument(
+        "--port", type=int, default=None, help="port (default 8000, 0 = any); env DANUBE_MCP_PORT"
+    )
+    http.add_argument("--stateless", action="store_true", default=None, help="stateless streamable HTTP")
+    http.add_argument(
+        "--json-response", action="store_true", default=None, help="plain JSON answers for streamable HTTP"
+    )
+    http.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="extra Host header value to accept (repeatable); env DANUBE_MCP_ALLOWED_HOSTS (comma-separated)",
+    )
+    http.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="extra Origin to accept (repeatable); env DANUBE_MCP_ALLOWED_ORIGINS (comma-separated)",
+    )
+    http.add_argument(
+        "--auth-token-file",
+        default=None,
+        metavar="PATH",
+        help="file holding the access token clients must send as 'Authorization: Bearer'; "
+        "or set DANUBE_MCP_AUTH_TOKEN",
+    )
+    http.add_argument(
+        "--require-client-key",
+        action="store_true",
+        default=None,
+        help="every caller must send its own danube-api-key header; the server's key is never used",
+    )
+    return p
+
+
+def _env_flag(name: str) -> bool | None:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    settings: Settings
+    log_level: str
+    sandbox: bool
+    sandbox_db: str | None
+
+
+def resolve(args: argparse.Namespace) -> RunOptions:
+    settings = load_settings()
+    log_level = (
+        parse_log_level(args.log_level, "--log-level") if args.log_level is not None else settings.log_level
+    )
+    sandbox = args.sandbox if args.sandbox is not None else bool(_env_flag("DANUBE_MCP_SANDBOX"))
+    sandbox_db = args.sandbox_db or os.environ.get("DANUBE_MCP_SANDBOX_DB") or None
+    return RunOptions(settings=settings, log_level=log_level, sandbox=sandbox, sandbox_db=sandbox_db)
+
+
+@asynccontextmanager
+async def open_client(opts: RunOptions) -> AsyncIterator[Any]:
+    """The process-wide Danube client: the real API, or the in-process sandbox."""
+    from danube_mcp.danube import DanubeClient
+
+    s = opts.settings
+    if not opts.sandbox:
+        client = DanubeClient(
+            base_url=s.api_url,
+            api_key=s.api_key.get_secret_value() if s.api_key else None,
+            org_id=s.org_id,
+            timeout=s.timeout,
+            max_retries=s.max_retries,
+            call_budget=s.call_budget,
+        )
+        async with client:
+            yield client
+        return
+
+    import httpx
+
+    from danube_mcp.sandbox import DEMO_API_KEY, create_app, default_db_path, open_store
+
+    db = opts.sandbox_db or str(default_db_path())
+    store = open_store(db)
+    try:
+        app = create_app(store, api_keys=[DEMO_API_KEY])
+        logger.warning(
+            "SANDBOX MODE: credentials go to a local encrypted test database (%s), not to Danube. "
+            "Nothing is stored in your Danube account.",
+            db,
+        )
+        client = DanubeClient(
+            base_url=SANDBOX_URL,
+            api_key=DEMO_API_KEY,
+            timeout=s.timeout,
+            max_retries=0,
+            call_budget=s.call_budget,
+            transport=httpx.ASGITransport(app=app),
+        )
+        async with client:
+            yield client
+    finally:
+        store.close()
+
+
+async def serve_stdio(opts: RunOptions) -> None:
+    from danube_mcp.server import build_server
+    from danube_mcp.stdio import claim_stdout, stdio_transport
+
+    protocol_out = claim_stdout()
+    async with open_client(opts) as client:
+        server = build_server(
+            client,
+            sandbox=opts.sandbox,
+            api_key_problem=None if opts.sandbox else opts.settings.api_key_problem,
+        )
+        if not opts.sandbox and opts.settings.api_key is None:
+            logger.warning(
+                "DANUBE_API_KEY is %s: the tool is listed, but calls will fail until it is set",
+                opts.settings.api_key_problem,
+            )
+        async with stdio_transport(stdout=protocol_out) as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        opts = resolve(args)
+    except ConfigError as exc:
+        print(f"danube-mcp: {exc}", file=sys.stderr)
+        return 2
+
+    from danube_mcp.logs import SECRETS, setup_logging
+
+    setup_logging(opts.log_level)
+    if opts.settings.api_key is not None:
+        SECRETS.add(opts.settings.api_key.get_secret_value())
+
+    if args.self_test:
+        from danube_mcp.selftest import run_self_test
+
+        return run_self_test(sandbox=opts.sandbox, sandbox_db=opts.sandbox_db, log_level=opts.log_level)
+
+    transport = args.transport or os.environ.get("DANUBE_MCP_TRANSPORT", "").strip() or "stdio"
+    if transport not in TRANSPORTS:
+        print(f"danube-mcp: DANUBE_MCP_TRANSPORT must be one of {', '.join(TRANSPORTS)}", file=sys.stderr)
+        return 2
+
+    import anyio
+
+    try:
+        if transport == "stdio":
+            anyio.run(serve_stdio, opts)
+            return 0
+        from danube_mcp.http import HttpOptions, serve_http
+
+        try:
+            http_opts = HttpOptions.resolve(args, transport, opts.settings)
+        except ConfigError as exc:
+            print(f"danube-mcp: {exc}", file=sys.stderr)
+            return 2
+        return serve_http(opts, http_opts)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,535 @@
+"""The Danube REST client: the only code that talks to Danube.
+
+One :class:`DanubeClient` per process owns one ``httpx.AsyncClient`` (a keep-alive pool shared by
+every MCP session and transport). Each call is bounded by a total budget, retried only where a
+retry is safe and useful, and every failure is raised as a :class:`DanubeError` subclass whose
+text is written for the model and the person, with every secret scrubbed out of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, Final
+
+import anyio
+import httpx
+
+from danube_mcp import __version__
+from danube_mcp.models import StoreRequest, StoreResult
+
+STORE_PATH: Final = "/v1/credentials/store"
+MAX_RESPONSE_BYTES: Final = 256 * 1024
+MAX_MESSAGE_CHARS: Final = 300
+RETRY_AFTER_CAP: Final = 10.0
+BACKOFF_BASE: Final = 0.5
+BACKOFF_CAP: Final = 8.0
+REDACTED: Final = "[REDACTED]"
+USER_AGENT: Final = f"danube-mcp/{__version__}"
+
+
+# --------------------------------------------------------------------------------------------
+# Scrubbing
+
+
+def _variants(secret: str) -> set[str]:
+    """The forms in which an upstream might echo a secret back: raw and JSON-escaped."""
+    out = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    return {v for v in out if v}
+
+
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every occurrence of each secret with a fixed marker.
+
+    If, after that, a fragment of a secret is still present (an upstream that echoes a truncated
+    value, say), the text is dropped altogether rather than risk passing part of a secret on.
+    """
+    live = [s for s in secrets if s]
+    for secret in sorted(live, key=len, reverse=True):
+        for variant in _variants(secret):
+            text = text.replace(variant, REDACTED)
+    for secret in live:
+        if _contains_fragment(text, secret):
+            return REDACTED
+    return text
+
+
+_FRAGMENT = 8
+
+
+def _contains_fragment(text: str, secret: str) -> bool:
+    if len(secret) < _FRAGMENT * 2:
+        return False
+    return any(secret[i : i + _FRAGMENT] in text for i in range(len(secret) - _FRAGMENT + 1))
+
+
+def _clean_message(text: str, secrets: Iterable[str | None]) -> str:
+    text = " ".join(str(text).split())  # one line: no newlines or control runs
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    text = scrub(text, secrets)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class DanubeError(Exception):
+    """A store did not succeed. ``str(error)`` is a complete, secret-free message for the model."""
+
+    kind: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        upstream_message: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.upstream_message = upstream_message
+        self.attempts = attempts
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, attempts={self.attempts})"
+
+
+class ValidationFailed(DanubeError):
+    kind = "validation"
+
+
+class AuthenticationFailed(DanubeError):
+    kind = "authentication"
+
+
+class PermissionDenied(DanubeError):
+    kind = "permission"
+
+
+class NotFound(DanubeError):
+    kind = "not_found"
+
+
+class RateLimited(DanubeError):
+    kind = "rate_limited"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, plan_cap: bool = False, **kw: Any
+    ) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        self.plan_cap = plan_cap
+
+
+class ServerError(DanubeError):
+    kind = "server"
+
+
+class ConnectionFailed(DanubeError):
+    kind = "connection"
+    retryable = True
+
+
+class UpstreamTimeout(DanubeError):
+    kind = "timeout"
+    retryable = True
+
+
+class MalformedResponse(DanubeError):
+    kind = "malformed_response"
+
+
+class StoreRefused(DanubeError):
+    """A 2xx answer whose body says ``"success": false``."""
+
+    kind = "refused"
+
+
+class MissingApiKey(DanubeError):
+    kind = "missing_api_key"
+
+
+RETRY_STATUSES: Final = frozenset({502, 503, 504})
+
+
+# --------------------------------------------------------------------------------------------
+# Body parsing
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _error_fields(data: Any) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(message, code, details) from an error body, in the documented order of precedence."""
+    if not isinstance(data, dict):
+        return None, None, {}
+    err = data.get("error")
+    if isinstance(err, dict):
+        details = err.get("details")
+        msg = err.get("message")
+        code = err.get("code")
+        return (
+            msg if isinstance(msg, str) and msg.strip() else None,
+            code if isinstance(code, str) else None,
+            details if isinstance(details, dict) else {},
+        )
+    detail = data.get("detail")
+    if isinstance(detail, str) and detail.strip():
+        return detail, None, {}
+    if isinstance(detail, list) and detail:
+        # FastAPI-style validation errors: use only location and message; the "input" entry
+        # would echo the request body, secret included.
+        parts = []
+        for item in detail[:5]:
+            if isinstance(item, dict) and isinstance(item.get("msg"), str):
+                loc = item.get("loc")
+                where = ".".join(str(p) for p in loc if p != "body") if isinstance(loc, list) else ""
+                parts.append(f"{where}: {item['msg']}" if where else item["msg"])
+            elif isinstance(item, str):
+                parts.append(item)
+        if parts:
+            return "; ".join(parts), None, {}
+    msg = data.get("message")
+    if isinstance(msg, str) and msg.strip():
+        return msg, None, {}
+    if isinstance(err, str) and err.strip():
+        return err, None, {}
+    return None, None, {}
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+
+
+class DanubeClient:
+    """Stores credentials in Danube. Create one per process; close it with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        org_id: str | None = None,
+        timeout: float = 15.0,
+        max_retries: int = 2,
+        call_budget: float = 25.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 128,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.call_budget = call_budget
+        headers = {"user-agent": USER_AGENT, "accept": "application/json"}
+        if org_id:
+            headers["danube-org-id"] = org_id
+        self._url = self.base_url + STORE_PATH
+        self._http = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=30.0,
+            ),
+            follow_redirects=False,  # a redirect must never carry the key elsewhere
+            transport=transport,
+            trust_env=False,
+        )
+        # Injectable for tests: the sleep between retries and the jitter source.
+        self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+        self._random: Callable[[], float] = random.random
+
+    @property
+    def has_default_key(self) -> bool:
+        return self._api_key is not None
+
+    def __repr__(self) -> str:
+        return f"DanubeClient(base_url={self.base_url!r}, api_key={'set' if self._api_key else 'unset'})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> DanubeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ----------------------------------------------------------------------------------------
+
+    async def store_credential(self, request: StoreRequest, *, api_key: str | None = None) -> StoreResult:
+        """Store one credential. ``api_key`` overrides the client's own key (per-caller keys)."""
+        key = api_key if api_key is not None else self._api_key
+        if not key:
+            raise MissingApiKey("No Danube API key is configured.")
+        secrets = (key, request.credential_value)
+        body = json.dumps(request.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+        headers = {"danube-api-key": key, "content-type": "application/json"}
+
+        deadline = time.monotonic() + self.call_budget
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            try:
+                return await self._attempt(body, headers, secrets, min(self.timeout, remaining), attempt)
+            except DanubeError as exc:
+                exc.attempts = attempt
+                if not exc.retryable or attempt > self.max_retries:
+                    raise
+                delay = self._backoff(attempt, exc)
+                if delay is None or time.monotonic() + delay + 0.05 >= deadline:
+                    raise
+            await self._sleep(delay)
+
+    def _backoff(self, attempt: int, exc: DanubeError) -> float | None:
+        """Seconds to wait before the next attempt, or None to stop retrying."""
+        if isinstance(exc, RateLimited):
+            if exc.plan_cap:
+                return None
+            if exc.retry_after is not None:
+                return exc.retry_after if exc.retry_after <= RETRY_AFTER_CAP else None
+        base = min(BACKOFF_BASE * 2 ** (attempt - 1), BACKOFF_CAP)
+        return base * (0.5 + 0.5 * self._random())
+
+    async def _attempt(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        secrets: tuple[str, str],
+        limit: float,
+        attempt: int,
+    ) -> StoreResult:
+        if limit <= 0:
+            raise UpstreamTimeout(self._timeout_message(), attempts=attempt)
+        try:
+            with anyio.fail_after(limit):
+                response = await self._http.send(
+                    self._http.build_request("POST", self._url, content=body, headers=headers),
+                    stream=True,
+                )
+                try:
+                    raw, too_big = await self._read_capped(response)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise UpstreamTimeout(self._timeout_message()) from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(self._timeout_message()) from None
+        except httpx.ConnectError:
+            raise ConnectionFailed(self._connection_message("the connection was refused or failed")) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.NetworkError):
+            raise ConnectionFailed(
+                self._connection_message("the connection closed before a complete answer arrived")
+            ) from None
+        except httpx.HTTPError:
+            raise ConnectionFailed(self._connection_message("the HTTP exchange failed")) from None
+        return self._interpret(response, raw, too_big, secrets)
+
+    @staticmethod
+    async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                return b"", True
+            chunks.append(chunk)
+        return b"".join(chunks), False
+
+    # ----------------------------------------------------------------------------------------
+
+    def _interpret(
+        self, response: httpx.Response, raw: bytes, too_big: bool, secrets: tuple[str, str]
+    ) -> StoreResult:
+        status = response.status_code
+        if 200 <= status < 300:
+            if too_big:
+                raise MalformedResponse(
+                    f"Danube's answer (HTTP {status}) was larger than {MAX_RESPONSE_BYTES // 1024} KiB "
+                    "and was not read. " + _UNKNOWN_OUTCOME,
+                    status=status,
+                )
+            return self._success(status, _parse_json(raw), secrets)
+        data = None if too_big else _parse_json(raw)
+        message, code, details = _error_fields(data)
+        clean = _clean_message(message, secrets) if message else None
+        said = f": {clean}" if clean else f" ({response.reason_phrase or 'no reason given'})"
+        kw: dict[str, Any] = {"status": status, "code": code, "upstream_message": clean}
+
+        if status in (400, 422):
+            if details.get("error") == "central_credential_ingestion_disabled" or (
+                code == "central_credential_ingestion_disabled"
+            ):
+                hint = details.get("hint")
+                hint_text = f" {_clean_message(hint, secrets)}" if isinstance(hint, str) else ""
+                raise ValidationFailed(
+                    "This Danube deployment does not accept plaintext credentials "
+                    f"(HTTP {status}).{hint_text}"
+                    " Store a 'vault://<mount>/<path>#<field>' or 'env://<NAME>' reference instead, "
+                    "or connect the service in the Danube dashboard.",
+                    **kw,
+                )
+            raise ValidationFailed(
+                f"Danube rejected the request (HTTP {status}){said}. Check service_id, credential_type "
+                "and credential_value; do not retry unchanged.",
+                **kw,
+            )
+        if status == 401:
+            raise AuthenticationFailed(
+                f"Danube rejected the API key (HTTP 401){said}. The key is missing, wrong or revoked: "
+                "fix DANUBE_API_KEY in the MCP host's configuration (or the danube-api-key header you "
+                "send) and restart the server. Do not retry until the key is fixed.",
+                **kw,
+            )
+        if status == 403:
+            raise PermissionDenied(
+                f"Danube refused this action for the API key (HTTP 403){said}. The key is not allowed "
+                "to store credentials for this service; do not retry. Ask the user to check the key's "
+                "permissions in the Danube dashboard.",
+                **kw,
+            )
+        if status == 404:
+            raise NotFound(
+                f"Danube does not know this service_id (HTTP 404){said}. Look up the correct service "
+                "id in the Danube dashboard or service catalog and try again with it.",
+                **kw,
+            )
+        if status == 429:
+            upgrade = None
+            if isinstance(data, dict):
+                upgrade = data.get("upgrade_url") or (
+                    data["error"].get("upgrade_url") if isinstance(data.get("error"), dict) else None
+                )
+                upgrade = upgrade or details.get("upgrade_url")
+            retry_after = _parse_retry_after(response.headers.get("retry-after"))
+            if upgrade:
+                url = _clean_message(str(upgrade), secrets)
+                raise RateLimited(
+                    f"Danube's plan limit has been reached (HTTP 429){said}. Do not retry; the user "
+                    f"can upgrade the plan at {url}.",
+                    plan_cap=True,
+                    retry_after=retry_after,
+                    **kw,
+                )
+            wait = f"wait {math.ceil(retry_after)} seconds" if retry_after is not None else "wait a minute"
+            raise RateLimited(
+                f"Danube is rate limiting requests (HTTP 429){said}. {wait.capitalize()} and try again.",
+                retry_after=retry_after,
+                **kw,
+            )
+        if status >= 500:
+            error_cls = _RetryableServerError if status in RETRY_STATUSES else ServerError
+            raise error_cls(
+                f"Danube had a server problem (HTTP {status}){said}. Try again in a minute; if it "
+                "persists, Danube may be down or the operation switched off.",
+                **kw,
+            )
+        if 300 <= status < 400:
+            raise MalformedResponse(
+                f"Danube answered with a redirect (HTTP {status}); redirects are not followed so the "
+                "API key cannot leak. Check DANUBE_API_URL.",
+                **kw,
+            )
+        raise DanubeError(f"Danube rejected the request (HTTP {status}){said}.", **kw)
+
+    def _success(self, status: int, data: Any, secrets: tuple[str, str]) -> StoreResult:
+        if not isinstance(data, dict):
+            raise MalformedResponse(
+                f"Danube's answer (HTTP {status}) was not a JSON object. " + _UNKNOWN_OUTCOME, status=status
+            )
+        if data.get("success") is not True:
+            message, code, _ = _error_fields(data)
+            reason = _clean_message(message, secrets) if message else None
+            if data.get("success") is False:
+                said = f": {reason}" if reason else ""
+                raise StoreRefused(
+                    f"Danube refused to store the credential{said}. Nothing was stored; fix the "
+                    "problem it names before trying again.",
+                    status=status,
+                    code=code,
+                    upstream_message=reason,
+                )
+            raise MalformedResponse(
+                f"Danube's answer (HTTP {status}) had no valid 'success' field. " + _UNKNOWN_OUTCOME,
+                status=status,
+            )
+        fields: dict[str, str] = {}
+        for name in ("service_id", "service_name", "credential_type"):
+            value = data.get(name)
+            if not isinstance(value, str):
+                raise MalformedResponse(
+                    f"Danube's answer (HTTP {status}) lacked a valid '{name}' field. " + _UNKNOWN_OUTCOME,
+                    status=status,
+                )
+            fields[name] = _clean_message(value, secrets)
+        stored_as = data.get("stored_as")
+        notice = data.get("notice")
+        deprecated = data.get("deprecated")
+        return StoreResult(
+            service_id=fields["service_id"],
+            service_name=fields["service_name"],
+            credential_type=fields["credential_type"],
+            stored_as=_clean_message(stored_as, secrets) if isinstance(stored_as, str) else None,
+            notice=_clean_message(notice, secrets) if isinstance(notice, str) and notice.strip() else None,
+            deprecated=deprecated if isinstance(deprecated, bool) else None,
+        )
+
+    def _timeout_message(self) -> str:
+        return (
+            f"Danube did not answer in time (limit {self.timeout:g} s per attempt, {self.call_budget:g} s "
+            "in all). Try again later; a store replaces any earlier one, so retrying is safe."
+        )
+
+    def _connection_message(self, why: str) -> str:
+        return (
+            f"Could not reach Danube at {self.base_url}: {why}. Check the network and DANUBE_API_URL; "
+            "retrying later is safe."
+        )
+
+
+class _RetryableServerError(ServerError):
+    retryable = True
+
+
+_UNKNOWN_OUTCOME = (
+    "The credential may or may not have been stored; retrying is safe because a store replaces "
+    "the previous credential."
+)

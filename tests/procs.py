@@ -1,0 +1,167 @@
+"""Helpers that run ``danube-mcp`` as a real child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a child: importable from the checkout, nothing secret inherited."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PYTHONPATH": str(SRC),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+class Captured:
+    """stderr of a child, in a real file (the SDK's stdio client needs a fileno)."""
+
+    def __init__(self) -> None:
+        self.file: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
+
+    def text(self) -> str:
+        self.file.flush()
+        self.file.seek(0)
+        return self.file.read()
+
+
+@asynccontextmanager
+async def mcp_stdio(
+    env: dict[str, str], args: tuple[str, ...] = (), **session_kw: Any
+) -> AsyncIterator[tuple[ClientSession, Captured]]:
+    """An initialized SDK client session with ``python -m danube_mcp`` over stdio."""
+    err = Captured()
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "danube_mcp", *args], env=env, cwd=str(REPO)
+    )
+    async with stdio_client(params, errlog=err.file) as (read, write):
+        async with ClientSession(read, write, **session_kw) as session:
+            await session.initialize()
+            yield session, err
+
+
+class RawStdio:
+    """``danube-mcp`` over stdio with raw bytes in and parsed lines out, for protocol tests."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.err = Captured()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "danube_mcp", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err.file,
+            env=env,
+            cwd=str(REPO),
+        )
+        self.raw_lines: list[bytes] = []
+        self._lines: queue.Queue[bytes | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw_lines.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def send(self, data: bytes | dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        if isinstance(data, dict):
+            data = json.dumps(data).encode() + b"\n"
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def recv(self, timeout: float = 15.0) -> dict[str, Any]:
+        line = self._lines.get(timeout=timeout)
+        if line is None:
+            raise EOFError("server closed stdout")
+        parsed: dict[str, Any] = json.loads(line)
+        return parsed
+
+    def recv_id(self, rid: Any, timeout: float = 15.0) -> dict[str, Any]:
+        """The answer to request ``rid``, skipping notifications."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.1, deadline - time.monotonic()))
+            if msg.get("id") == rid and ("result" in msg or "error" in msg):
+                return msg
+
+    def initialize(self) -> dict[str, Any]:
+        self.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw-test", "version": "0"},
+                },
+            }
+        )
+        answer = self.recv_id(0)
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return answer
+
+    def close(self) -> int:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+@contextmanager
+def raw_stdio(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator[RawStdio]:
+    raw = RawStdio(env, args)
+    try:
+        yield raw
+    finally:
+        raw.close()
+        if raw.proc.stdout:
+            raw.proc.stdout.close()
+
+
+LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+def wait_for_line(
+    read_text: Any, pattern: re.Pattern[str], proc: subprocess.Popen[Any], timeout: float = 20
+) -> str:
+    """Poll a child's captured stderr until ``pattern`` matches; fail early if it exits."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while time.monotonic() < deadline:
+        m = pattern.search(read_text())
+        if m:
+            return m.group(1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"child exited with {proc.returncode}: {read_text()[-2000:]}")
+        time.sleep(delay)  # polling a file for a condition, with a deadline
+        delay = min(delay * 2, 0.1)
+    raise TimeoutError(f"no line matching {pattern.pattern!r}: {read_text()[-2000:]}")

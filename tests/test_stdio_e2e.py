@@ -1,0 +1,185 @@
+"""End to end over stdio: a real ``danube-mcp`` process, the SDK client, a real HTTP upstream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from procs import REPO, child_env, mcp_stdio, raw_stdio
+from upstream import FakeUpstream, Reply
+
+pytestmark = pytest.mark.anyio
+
+API_KEY = "dk-CANARY-e2e-key-0123456789abcdef"
+SECRET = "sk-CANARY-e2e-value-fedcba9876543210"
+CANARIES = (API_KEY, SECRET)
+ARGS = {"service_id": "svc_openai_001", "credential_type": "api_key", "credential_value": SECRET}
+
+
+def env_for(up: FakeUpstream, **extra: str) -> dict[str, str]:
+    return child_env(
+        DANUBE_API_KEY=API_KEY,
+        DANUBE_API_URL=up.url + "/",
+        DANUBE_ORG_ID="org_42",
+        DANUBE_MCP_LOG_LEVEL="DEBUG",
+        DANUBE_MAX_RETRIES="1",
+        **extra,
+    )
+
+
+async def test_store_over_stdio_sends_exactly_the_documented_request(upstream: FakeUpstream) -> None:
+    async with mcp_stdio(env_for(upstream)) as (session, err):
+        tools = await session.list_tools()
+        result = await session.call_tool("store_credential", ARGS)
+    assert [t.name for t in tools.tools] == ["store_credential"]
+    assert result.isError is False
+    assert result.structuredContent == {
+        "success": True,
+        "service_id": "svc_openai_001",
+        "service_name": "Service svc_openai_001",
+        "credential_type": "api_key",
+    }
+    assert len(upstream.requests) == 1
+    req = upstream.requests[0]
+    assert (req.method, req.path) == ("POST", "/v1/credentials/store")
+    assert req.headers["danube-api-key"] == API_KEY
+    assert req.headers["danube-org-id"] == "org_42"
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["user-agent"].startswith("danube-mcp/")
+    assert req.json() == ARGS
+    stderr = err.text()
+    for canary in CANARIES:
+        assert canary not in stderr
+
+
+FAILURES = [
+    (Reply(status=401, echo_body=True), "HTTP 401", 1),
+    (Reply(status=404, body={"detail": "unknown service"}), "HTTP 404", 1),
+    (
+        Reply(status=422, body={"detail": [{"loc": ["body", "x"], "msg": "bad", "input": SECRET}]}),
+        "x: bad",
+        1,
+    ),
+    (Reply(status=503, echo_body=True), "HTTP 503", 2),  # DANUBE_MAX_RETRIES=1
+    (Reply(status=200, body=b"<html>proxy</html>"), "not a JSON object", 1),
+    (Reply(close_before=True), "Could not reach Danube", 2),
+]
+
+
+@pytest.mark.parametrize(("reply", "fragment", "attempts"), FAILURES)
+async def test_failures_over_stdio_leak_nothing(
+    upstream: FakeUpstream, reply: Reply, fragment: str, attempts: int
+) -> None:
+    upstream.set_default(lambda req: reply)
+    async with mcp_stdio(env_for(upstream)) as (session, err):
+        result = await session.call_tool("store_credential", ARGS)
+        upstream.set_default(lambda req: Reply())
+        after = await session.call_tool("store_credential", ARGS)
+    assert result.isError is True
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert fragment in text
+    assert len(upstream.requests) == attempts + 1
+    assert after.isError is False
+    everything = result.model_dump_json() + err.text()
+    for canary in CANARIES:
+        assert canary not in everything
+
+
+def test_stdout_carries_only_json_rpc_and_garbage_gets_spec_answers(upstream: FakeUpstream) -> None:
+    with raw_stdio(env_for(upstream)) as raw:
+        init = raw.initialize()
+        assert init["result"]["serverInfo"]["name"] == "danube-mcp"
+        raw.send(b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "store_cred\n')
+        assert raw.recv()["error"]["code"] == -32700
+        raw.send(b"\xff\xfe not utf-8\n")
+        assert raw.recv()["error"]["code"] == -32700
+        raw.send({"hello": "world", "id": 3})
+        assert raw.recv() == {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "error": {"code": -32600, "message": "Invalid Request: not a JSON-RPC 2.0 message"},
+        }
+        raw.send({"jsonrpc": "2.0", "id": 4, "method": "no/such/method", "params": {}})
+        assert raw.recv_id(4)["error"]["code"] == -32601
+        bad_params = {"name": "store_credential", "arguments": [SECRET]}
+        raw.send({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": bad_params})
+        assert raw.recv_id(5)["error"]["code"] == -32602
+        raw.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 6,
+                "method": "tools/call",
+                "params": {"name": "store_credential", "arguments": ARGS},
+            }
+        )
+        ok = raw.recv_id(6)
+        assert ok["result"]["isError"] is False
+        code = raw.close()
+    assert code == 0
+    for line in raw.raw_lines:
+        msg = json.loads(line)
+        assert msg["jsonrpc"] == "2.0"
+    everything = b"".join(raw.raw_lines).decode() + raw.err.text()
+    for canary in CANARIES:
+        assert canary not in everything
+
+
+def test_stray_prints_cannot_reach_stdout(upstream: FakeUpstream) -> None:
+    """A library that prints to stdout ends up on stderr: fd 1 is not the protocol stream."""
+    script = (
+        "import os, sys\n"
+        "import danube_mcp.stdio as s\n"
+        "orig = s.claim_stdout\n"
+        "def claim():\n"
+        "    handle = orig()\n"
+        "    print('STRAY-PRINT')\n"
+        "    os.write(1, b'STRAY-FD\\n')\n"
+        "    return handle\n"
+        "s.claim_stdout = claim\n"
+        "import danube_mcp.cli as c\n"
+        "sys.exit(c.main([]))\n"
+    )
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        },
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        input=(json.dumps(init) + "\n").encode(),
+        capture_output=True,
+        env=env_for(upstream),
+        cwd=str(REPO),
+        timeout=30,
+    )
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["id"] == 0
+    assert b"STRAY-PRINT" in proc.stderr and b"STRAY-FD" in proc.stderr
+
+
+def test_version_and_bad_config_exit_cleanly() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "danube_mcp", "--version"], capture_output=True, env=child_env(), timeout=30
+    )
+    assert out.returncode == 0 and out.stdout.decode().startswith("danube-mcp ")
+    bad = subprocess.run(
+        [sys.executable, "-m", "danube_mcp"],
+        capture_output=True,
+        env=child_env(DANUBE_API_URL="http://danube.example.com", DANUBE_API_KEY=API_KEY),
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert bad.returncode == 2
+    assert bad.stdout == b""
+    lines = bad.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "DANUBE_API_URL" in lines[0] and "https://" in lines[0]
+    assert API_KEY not in bad.stderr.decode()

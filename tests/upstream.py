@@ -1,0 +1,197 @@
+"""A scriptable stand-in for Danube on 127.0.0.1: records every request, answers as told.
+
+A raw asyncio HTTP/1.1 server in a background thread, so a test can make it misbehave in ways a
+framework would not allow: drip a body, close mid-response, never answer, send 10 MB.
+
+Usage::
+
+    with FakeUpstream() as up:
+        up.script(Reply(status=503), Reply())       # next two requests; then the default
+        ... point DANUBE_API_URL at up.url ...
+        assert up.requests[0].headers["danube-api-key"] == "..."
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    """How to answer one request. ``body`` may be bytes, a JSON-able object, or None (echo success)."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before the status line
+    drip: float = 0.0  # seconds between body bytes
+    close_before: bool = False  # close the connection without answering
+    close_mid_body: bool = False  # send headers and half the body, then close
+    hang: bool = False  # accept and never answer
+    reason: str = ""
+    echo_body: bool = False  # put the request body inside an error message
+
+
+def success_body(req: Recorded) -> dict[str, Any]:
+    data = req.json()
+    sid = data.get("service_id", "")
+    return {
+        "success": True,
+        "service_id": sid,
+        "service_name": f"Service {sid}",
+        "credential_type": data.get("credential_type"),
+    }
+
+
+class FakeUpstream:
+    def __init__(self, default: Callable[[Recorded], Reply] | None = None) -> None:
+        self.requests: list[Recorded] = []
+        self.connections = 0
+        self._script: deque[Reply] = deque()
+        self._default = default or (lambda req: Reply())
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.port = 0
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeUpstream:
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        fut.result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def script(self, *replies: Reply) -> None:
+        with self._lock:
+            self._script.extend(replies)
+
+    def set_default(self, default: Callable[[Recorded], Reply]) -> None:
+        self._default = default
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._script.clear()
+
+    def wait_for_requests(self, n: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.requests) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"upstream saw {len(self.requests)} requests, wanted {n}")
+                self._cond.wait(left)
+
+    # -- server ----------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers: dict[str, str] = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                rec = Recorded(method, path, headers, body)
+                with self._cond:
+                    self.requests.append(rec)
+                    reply = self._script.popleft() if self._script else None
+                    self._cond.notify_all()
+                if reply is None:
+                    reply = self._default(rec)
+                if not await self._answer(rec, reply, writer):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, rec: Recorded, reply: Reply, writer: asyncio.StreamWriter) -> bool:
+        if reply.hang:
+            await asyncio.Event().wait()
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply.close_before:
+            return False
+        payload: bytes
+        if reply.echo_body:
+            payload = json.dumps(
+                {
+                    "error": {
+                        "code": "bad",
+                        "message": "could not store " + rec.body.decode("utf-8", "replace"),
+                    }
+                }
+            ).encode()
+        elif reply.body is None:
+            payload = json.dumps(success_body(rec)).encode() if reply.status < 300 else b""
+        elif isinstance(reply.body, bytes):
+            payload = reply.body
+        else:
+            payload = json.dumps(reply.body).encode()
+        headers = {"content-type": "application/json", "content-length": str(len(payload))}
+        headers.update(reply.headers)
+        head = f"HTTP/1.1 {reply.status} {reply.reason or 'X'}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()
+        )
+        writer.write(head.encode("latin-1") + b"\r\n")
+        if reply.close_mid_body:
+            writer.write(payload[: len(payload) // 2])
+            await writer.drain()
+            return False
+        if reply.drip:
+            for i in range(len(payload)):
+                writer.write(payload[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(reply.drip)
+        else:
+            writer.write(payload)
+            await writer.drain()
+        return True

@@ -68,9 +68,12 @@ def _contains_fragment(text: str, secret: str) -> bool:
 
 
 def _clean_message(text: str, secrets: Iterable[str | None]) -> str:
-    text = " ".join(str(text).split())  # one line: no newlines or control runs
+    live = [s for s in secrets if s]
+    # Scrub before reshaping: collapsing whitespace could otherwise break an exact match.
+    text = scrub(str(text), live)
+    text = " ".join(text.split())  # one line: no newlines or control runs
     text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    text = scrub(text, secrets)
+    text = scrub(text, live)
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 3] + "..."
     return text
@@ -192,6 +195,18 @@ def _error_fields(data: Any) -> tuple[str | None, str | None, dict[str, Any]]:
             details if isinstance(details, dict) else {},
         )
     detail = data.get("detail")
+    if isinstance(detail, dict):
+        # Some deployments nest the envelope under "detail" (FastAPI HTTPException(detail={...})).
+        inner = detail.get("error") if isinstance(detail.get("error"), dict) else detail
+        msg = inner.get("message") or inner.get("hint")
+        code = inner.get("code") if isinstance(inner.get("code"), str) else None
+        if isinstance(inner.get("error"), str):
+            code = code or inner["error"]
+        return (
+            msg if isinstance(msg, str) and msg.strip() else None,
+            code,
+            {k: v for k, v in inner.items() if isinstance(k, str)},
+        )
     if isinstance(detail, str) and detail.strip():
         return detail, None, {}
     if isinstance(detail, list) and detail:
@@ -326,7 +341,7 @@ class DanubeClient:
                 return None
             if exc.retry_after is not None:
                 return exc.retry_after if exc.retry_after <= RETRY_AFTER_CAP else None
-        base = min(BACKOFF_BASE * 2 ** (attempt - 1), BACKOFF_CAP)
+        base = min(BACKOFF_BASE * 2.0 ** (attempt - 1), BACKOFF_CAP)
         return base * (0.5 + 0.5 * self._random())
 
     async def _attempt(
@@ -391,7 +406,9 @@ class DanubeClient:
         data = None if too_big else _parse_json(raw)
         message, code, details = _error_fields(data)
         clean = _clean_message(message, secrets) if message else None
-        said = f": {clean}" if clean else f" ({response.reason_phrase or 'no reason given'})"
+        reason = _clean_message(response.reason_phrase, secrets)[:80] if response.reason_phrase else ""
+        said = f": {clean}" if clean else f" ({reason or 'no reason given'})"
+        code = _clean_message(code, secrets)[:80] if code else None
         kw: dict[str, Any] = {"status": status, "code": code, "upstream_message": clean}
 
         if status in (400, 422):

@@ -165,3 +165,44 @@ def wait_for_line(
         time.sleep(delay)  # polling a file for a condition, with a deadline
         delay = min(delay * 2, 0.1)
     raise TimeoutError(f"no line matching {pattern.pattern!r}: {read_text()[-2000:]}")
+
+
+class HttpServer:
+    """``danube-mcp`` serving HTTP as a child process on an ephemeral port."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.err = Captured()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "danube_mcp", "--port", "0", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.err.file,
+            env=env,
+            cwd=str(REPO),
+        )
+        self.url = wait_for_line(self.err.text, LISTENING, self.proc)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout)
+        return code
+
+    def stdout(self) -> bytes:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read() if self.proc.poll() is not None else b""
+
+
+@contextmanager
+def http_server(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator[HttpServer]:
+    server = HttpServer(env, args)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if server.proc.stdout:
+            server.proc.stdout.close()

@@ -48,6 +48,7 @@ class Reply:
     hang: bool = False  # accept and never answer
     reason: str = ""
     echo_body: bool = False  # put the request body inside an error message
+    barrier: int = 0  # hold the answer until this many requests are in flight together
 
 
 def success_body(req: Recorded) -> dict[str, Any]:
@@ -65,6 +66,9 @@ class FakeUpstream:
     def __init__(self, default: Callable[[Recorded], Reply] | None = None) -> None:
         self.requests: list[Recorded] = []
         self.connections = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._arrived: asyncio.Event | None = None
         self._script: deque[Reply] = deque()
         self._default = default or (lambda req: Reply())
         self._loop = asyncio.new_event_loop()
@@ -146,12 +150,27 @@ class FakeUpstream:
                     self._cond.notify_all()
                 if reply is None:
                     reply = self._default(rec)
-                if not await self._answer(rec, reply, writer):
-                    return
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                try:
+                    if reply.barrier:
+                        await self._wait_barrier(reply.barrier)
+                    if not await self._answer(rec, reply, writer):
+                        return
+                finally:
+                    self.in_flight -= 1
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()
+
+    async def _wait_barrier(self, n: int) -> None:
+        """Block until ``n`` requests are in flight at once: proof that callers do not serialise."""
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        if self.in_flight >= n:
+            self._arrived.set()
+        await self._arrived.wait()
 
     async def _answer(self, rec: Recorded, reply: Reply, writer: asyncio.StreamWriter) -> bool:
         if reply.hang:

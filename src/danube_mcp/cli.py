@@ -10,8 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,6 @@ from danube_mcp.config import ConfigError, Settings, load_settings, parse_log_le
 logger = logging.getLogger("danube_mcp")
 
 TRANSPORTS = ("stdio", "streamable-http", "sse", "http")
-SANDBOX_URL = "http://danube-sandbox.invalid"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,70 +128,26 @@ def resolve(args: argparse.Namespace) -> RunOptions:
     return RunOptions(settings=settings, log_level=log_level, sandbox=sandbox, sandbox_db=sandbox_db)
 
 
-@asynccontextmanager
-async def open_client(opts: RunOptions) -> AsyncIterator[Any]:
-    """The process-wide Danube client: the real API, or the in-process sandbox."""
-    from danube_mcp.danube import DanubeClient
-
-    s = opts.settings
-    if not opts.sandbox:
-        client = DanubeClient(
-            base_url=s.api_url,
-            api_key=s.api_key.get_secret_value() if s.api_key else None,
-            org_id=s.org_id,
-            timeout=s.timeout,
-            max_retries=s.max_retries,
-            call_budget=s.call_budget,
-        )
-        async with client:
-            yield client
-        return
-
-    import httpx
-
-    from danube_mcp.sandbox import DEMO_API_KEY, create_app, default_db_path, open_store
-
-    db = opts.sandbox_db or str(default_db_path())
-    store = open_store(db)
-    try:
-        app = create_app(store, api_keys=[DEMO_API_KEY])
-        logger.warning(
-            "SANDBOX MODE: credentials go to a local encrypted test database (%s), not to Danube. "
-            "Nothing is stored in your Danube account.",
-            db,
-        )
-        client = DanubeClient(
-            base_url=SANDBOX_URL,
-            api_key=DEMO_API_KEY,
-            timeout=s.timeout,
-            max_retries=0,
-            call_budget=s.call_budget,
-            transport=httpx.ASGITransport(app=app),
-        )
-        async with client:
-            yield client
-    finally:
-        store.close()
-
-
 async def serve_stdio(opts: RunOptions) -> None:
+    from danube_mcp.backend import open_backend
     from danube_mcp.server import build_server
     from danube_mcp.stdio import claim_stdout, stdio_transport
 
     protocol_out = claim_stdout()
-    async with open_client(opts) as client:
+    backend = open_backend(opts.settings, sandbox=opts.sandbox, sandbox_db=opts.sandbox_db)
+    try:
         server = build_server(
-            client,
-            sandbox=opts.sandbox,
-            api_key_problem=None if opts.sandbox else opts.settings.api_key_problem,
+            backend.client, sandbox=backend.sandbox, api_key_problem=backend.api_key_problem
         )
-        if not opts.sandbox and opts.settings.api_key is None:
+        if not backend.sandbox and opts.settings.api_key is None:
             logger.warning(
                 "DANUBE_API_KEY is %s: the tool is listed, but calls will fail until it is set",
                 opts.settings.api_key_problem,
             )
         async with stdio_transport(stdout=protocol_out) as (read, write):
             await server.run(read, write, server.create_initialization_options())
+    finally:
+        await backend.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

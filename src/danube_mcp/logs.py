@@ -38,6 +38,10 @@ DROP_MARKERS: Final = (
     "Received response with an unknown request ID",
 )
 
+# Exceptions the SDK logs with a traceback when a client simply disconnects (a DELETE, a closed
+# stream): normal events, not errors, so they are not printed.
+DISCONNECT_EXCEPTIONS: Final = frozenset({"ClosedResourceError", "BrokenResourceError", "EndOfStream"})
+
 # Loggers that print message contents at DEBUG: kept at INFO or above whatever the level asked.
 NOISY_LOGGERS: Final = ("mcp", "sse_starlette", "httpcore", "hpack")
 
@@ -99,6 +103,13 @@ class RedactingFilter(logging.Filter):
         except Exception:
             return False  # a record we cannot even format is not worth the risk
         text = message
+        if (
+            record.exc_info
+            and record.exc_info[0] is not None
+            and record.exc_info[0].__name__ in DISCONNECT_EXCEPTIONS
+            and record.name.startswith("mcp.")
+        ):
+            return False
         if record.exc_info:
             # Format the traceback now, so the redacted text is what the handler prints.
             if not record.exc_text:

@@ -58,6 +58,10 @@ MISSING_KEY_HELP: Final = (
 CallerKey = Callable[[Any], str | None]
 
 
+class CallerKeyError(Exception):
+    """The caller supplied a key that cannot be used; the message says why (never the key)."""
+
+
 def build_tool() -> types.Tool:
     return types.Tool(
         name=TOOL_NAME,
@@ -139,7 +143,10 @@ class StoreCredentialTool:
 
         key: str | None = None
         if self.caller_key is not None:
-            key = self.caller_key(request)
+            try:
+                key = self.caller_key(request)
+            except CallerKeyError as exc:
+                return self._error(str(exc))
         if key is None and (self.require_client_key or not self.client.has_default_key):
             return self._error(self._missing_key_message())
 

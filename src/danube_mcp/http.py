@@ -1,0 +1,575 @@
+"""The HTTP transports (streamable HTTP at ``/mcp``, legacy SSE at ``/sse`` + ``/messages/``) as
+one ASGI application, and the security layer in front of them.
+
+A plain ASGI app rather than a Starlette router: four fixed paths need no routing framework, and
+each layer below costs a function call, not a middleware stack.
+
+Order of checks for every request except ``GET /healthz``:
+Host (421) → Origin (403) → access token (401) → body size (413) → the MCP transport.
+The SDK's own answers are rewritten where they would quote the request back (its 400 for an
+invalid JSON-RPC body echoes the body, secret included).
+
+Run it with ``danube-mcp --transport ...`` or under any ASGI server through the factory::
+
+    uvicorn --factory danube_mcp.http:create_app --workers 4 --host 0.0.0.0 --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+from danube_mcp.backend import Backend, open_backend
+from danube_mcp.config import ConfigError, Settings, is_placeholder, load_settings
+from danube_mcp.logs import SECRETS
+from danube_mcp.server import CallerKeyError, build_server
+
+logger = logging.getLogger("danube_mcp.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MCP_PATH: Final = "/mcp"
+SSE_PATH: Final = "/sse"
+MESSAGES_PATH: Final = "/messages/"
+HEALTH_PATH: Final = "/healthz"
+MAX_BODY_BYTES: Final = 1024 * 1024
+MIN_TOKEN_LENGTH: Final = 16
+DEFAULT_PORT: Final = 8000
+LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "[::1]")
+CLIENT_KEY_HEADER: Final = "danube-api-key"
+
+
+def is_loopback_bind(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_env_list(name: str) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _env_bool(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off")
+
+
+def _read_token(path: str | None) -> str | None:
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"--auth-token-file cannot be read ({exc.strerror})") from None
+        source = "--auth-token-file"
+    else:
+        raw = os.environ.get("DANUBE_MCP_AUTH_TOKEN")
+        if raw is None or not raw.strip():
+            return None
+        token = raw.strip()
+        source = "DANUBE_MCP_AUTH_TOKEN"
+    if not token:
+        raise ConfigError(f"{source} is empty")
+    if is_placeholder(token):
+        raise ConfigError(f"{source} is an unsubstituted placeholder")
+    if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
+        raise ConfigError(f"{source} must be at least {MIN_TOKEN_LENGTH} printable characters without spaces")
+    return token
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    transport: str = "streamable-http"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    stateless: bool = False
+    json_response: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    auth_token: str | None = field(default=None, repr=False)
+    require_client_key: bool = False
+
+    @classmethod
+    def resolve(cls, args: argparse.Namespace | None, transport: str, settings: Settings) -> HttpOptions:
+        """Flags first, then ``DANUBE_MCP_*`` environment variables. Refuses unsafe exposures."""
+
+        def pick(flag: Any, env: str) -> Any:
+            return flag if flag is not None else os.environ.get(env)
+
+        a = args or argparse.Namespace()
+        host = (pick(getattr(a, "host", None), "DANUBE_MCP_HOST") or "127.0.0.1").strip()
+        raw_port = pick(getattr(a, "port", None), "DANUBE_MCP_PORT")
+        try:
+            port = DEFAULT_PORT if raw_port in (None, "") else int(raw_port)
+        except ValueError:
+            raise ConfigError("DANUBE_MCP_PORT must be a port number") from None
+        if not 0 <= port <= 65535:
+            raise ConfigError("--port / DANUBE_MCP_PORT must be between 0 and 65535")
+        stateless = getattr(a, "stateless", None)
+        json_response = getattr(a, "json_response", None)
+        require = getattr(a, "require_client_key", None)
+        opts = cls(
+            transport=transport,
+            host=host,
+            port=port,
+            stateless=stateless if stateless is not None else _env_bool("DANUBE_MCP_STATELESS"),
+            json_response=json_response
+            if json_response is not None
+            else _env_bool("DANUBE_MCP_JSON_RESPONSE"),
+            allowed_hosts=tuple(
+                getattr(a, "allowed_host", None) or _split_env_list("DANUBE_MCP_ALLOWED_HOSTS")
+            ),
+            allowed_origins=tuple(
+                getattr(a, "allowed_origin", None) or _split_env_list("DANUBE_MCP_ALLOWED_ORIGINS")
+            ),
+            auth_token=_read_token(
+                getattr(a, "auth_token_file", None) or os.environ.get("DANUBE_MCP_AUTH_TOKEN_FILE")
+            ),
+            require_client_key=require if require is not None else _env_bool("DANUBE_MCP_REQUIRE_CLIENT_KEY"),
+        )
+        opts.check_exposure(server_key=settings.api_key is not None)
+        return opts
+
+    def check_exposure(self, *, server_key: bool) -> None:
+        """A public bind must name its hosts, and must not let strangers spend the server's key."""
+        if is_loopback_bind(self.host):
+            return
+        if not self.allowed_hosts:
+            raise ConfigError(
+                f"refusing to bind {self.host} without --allowed-host (DANUBE_MCP_ALLOWED_HOSTS): "
+                "name the host names clients use, so DNS-rebinding protection can stay on"
+            )
+        if server_key and not (self.auth_token or self.require_client_key):
+            raise ConfigError(
+                f"refusing to bind {self.host} with DANUBE_API_KEY set but no access token: set "
+                "DANUBE_MCP_AUTH_TOKEN (or --auth-token-file) or --require-client-key, so strangers "
+                "cannot spend the server's Danube key"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Host / Origin matching
+
+
+def _host_matches(value: str, pattern: str) -> bool:
+    value, pattern = value.lower(), pattern.lower()
+    if pattern.endswith(":*"):
+        base = pattern[:-2]
+        return value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit())
+    if value == pattern:
+        return True
+    # A pattern without a port accepts that host on any port.
+    has_port = pattern.rsplit(":", 1)[-1].isdigit() and not pattern.endswith("]")
+    return not has_port and value.startswith(pattern + ":") and value[len(pattern) + 1 :].isdigit()
+
+
+def _origin_matches(value: str, pattern: str) -> bool:
+    value, pattern = value.lower().rstrip("/"), pattern.lower().rstrip("/")
+    if pattern.endswith(":*"):
+        base = pattern[:-2]
+        return value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit())
+    return value == pattern
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    hosts: tuple[str, ...]
+    origins: tuple[str, ...]
+
+    @classmethod
+    def build(cls, extra_hosts: tuple[str, ...], extra_origins: tuple[str, ...]) -> Allowlist:
+        hosts = tuple(f"{name}:*" for name in LOOPBACK_NAMES) + extra_hosts
+        origins = tuple(f"{scheme}://{name}:*" for scheme in ("http", "https") for name in LOOPBACK_NAMES)
+        return cls(hosts=hosts, origins=origins + extra_origins)
+
+    def host_ok(self, host: str | None) -> bool:
+        return bool(host) and any(_host_matches(host or "", p) for p in self.hosts)
+
+    def origin_ok(self, origin: str | None) -> bool:
+        return origin is None or any(_origin_matches(origin, p) for p in self.origins)
+
+
+# --------------------------------------------------------------------------------------------
+# Small ASGI helpers
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            try:
+                return str(value.decode("latin-1"))
+            except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+                return None
+    return None
+
+
+async def _send_json(
+    send: Send, status: int, payload: Any, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _jsonrpc_error(code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+
+
+async def _drain(receive: Receive) -> None:
+    """Consume a request body we will not read, so the connection can be reused."""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        more = message.get("more_body", False)
+
+
+async def _buffer_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds ``limit`` bytes."""
+    length = _header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # http.disconnect, when it comes
+
+    return replay
+
+
+# Sanitised replacements for SDK error texts that may quote the request.
+_SAFE_ERRORS: Final = (
+    ("Parse error", "Parse error: the body is not valid JSON"),
+    ("Validation error", "Invalid Request: the body is not a valid JSON-RPC message"),
+    ("Bad Request: Unsupported protocol version", "Bad Request: unsupported MCP-Protocol-Version header"),
+)
+
+
+def _sanitising_send(send: Send) -> Send:
+    """Rewrite 4xx bodies from the SDK so they never quote the request back."""
+    state: dict[str, Any] = {"start": None, "chunks": []}
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            state["start"] = message
+            return
+        if state["start"] is None:
+            await send(message)
+            return
+        if message["type"] == "http.response.body":
+            state["chunks"].append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            start = state["start"]
+            state["start"] = None
+            body = _sanitise_error_body(b"".join(state["chunks"]))
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send(message)
+
+    return wrapped
+
+
+def _sanitise_error_body(body: bytes) -> bytes:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace")
+        return (text.split(":", 1)[0][:200]).encode()
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        message = str(data["error"].get("message", ""))
+        for prefix, safe in _SAFE_ERRORS:
+            if message.startswith(prefix):
+                message = safe
+                break
+        else:
+            message = message.split(":", 1)[0][:200]
+        data["error"] = {"code": data["error"].get("code"), "message": message}
+        return json.dumps(data).encode()
+    return b'{"error": "bad request"}'
+
+
+# --------------------------------------------------------------------------------------------
+# The application
+
+
+def caller_key_from_request(request: Any) -> str | None:
+    """The caller's own Danube key from the ``danube-api-key`` header (never from the query)."""
+    if request is None:
+        return None
+    value = request.headers.get(CLIENT_KEY_HEADER)
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or is_placeholder(value):
+        raise CallerKeyError(
+            "The danube-api-key header you sent is empty or an unsubstituted placeholder: configure "
+            "your real Danube API key in the header, or leave the header out."
+        )
+    return str(value)
+
+
+class DanubeHttpApp:
+    """ASGI app: ``/healthz``, ``/mcp``, ``/sse`` and ``/messages/``, with the checks in front."""
+
+    def __init__(self, backend: Backend, options: HttpOptions) -> None:
+        self.backend = backend
+        self.options = options
+        self.allow = Allowlist.build(options.allowed_hosts, options.allowed_origins)
+        self._token = options.auth_token.encode() if options.auth_token else None
+        if options.auth_token:
+            SECRETS.add(options.auth_token)
+        self.server = build_server(
+            backend.client,
+            sandbox=backend.sandbox,
+            api_key_problem=backend.api_key_problem,
+            caller_key=caller_key_from_request,
+            require_client_key=options.require_client_key,
+        )
+        serve_streamable = options.transport in ("streamable-http", "http")
+        serve_sse = options.transport in ("sse", "http")
+        self.session_manager = (
+            StreamableHTTPSessionManager(
+                app=self.server,
+                json_response=options.json_response,
+                stateless=options.stateless,
+                security_settings=None,  # Host/Origin are checked here, before the SDK
+                max_request_body_size=MAX_BODY_BYTES,
+            )
+            if serve_streamable
+            else None
+        )
+        self.sse = (
+            SseServerTransport(MESSAGES_PATH, max_request_body_size=MAX_BODY_BYTES) if serve_sse else None
+        )
+        self._init_options = self.server.create_initialization_options()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        try:
+            if self.session_manager is not None:
+                async with self.session_manager.run():
+                    yield
+            else:
+                yield
+        finally:
+            await self.backend.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return  # websockets are not served
+        path: str = scope["path"]
+        if path == HEALTH_PATH:
+            await _drain(receive)
+            await _send_json(send, 200, {"status": "ok"})
+            return
+        if not self.allow.host_ok(_header(scope, b"host")):
+            await _drain(receive)
+            await _send_json(
+                send, 421, {"error": "misdirected_request", "error_description": "Invalid Host header"}
+            )
+            return
+        if not self.allow.origin_ok(_header(scope, b"origin")):
+            await _drain(receive)
+            await _send_json(send, 403, {"error": "forbidden", "error_description": "Origin not allowed"})
+            return
+        if self._token is not None and not self._authorized(scope):
+            await _drain(receive)
+            await _send_json(
+                send,
+                401,
+                {
+                    "error": "invalid_token",
+                    "error_description": "A valid 'Authorization: Bearer' token is required",
+                },
+                ((b"www-authenticate", b'Bearer realm="danube-mcp"'),),
+            )
+            return
+        if scope["method"] == "POST":
+            body = await _buffer_body(scope, receive, MAX_BODY_BYTES)
+            if body is None:
+                await _send_json(send, 413, _jsonrpc_error(-32600, "Request body too large"))
+                return
+            receive = _replay(body, receive)
+
+        if path in (MCP_PATH, MCP_PATH + "/") and self.session_manager is not None:
+            await self.session_manager.handle_request(scope, receive, _sanitising_send(send))
+        elif path == SSE_PATH and self.sse is not None:
+            await self._serve_sse(scope, receive, send)
+        elif path == MESSAGES_PATH and self.sse is not None:
+            await self.sse.handle_post_message(scope, receive, _sanitising_send(send))
+        else:
+            await _drain(receive)
+            await _send_json(send, 404, {"error": "not_found"})
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self._token is not None
+        value = _header(scope, b"authorization") or ""
+        scheme, _, token = value.partition(" ")
+        # Compare in constant time even when the scheme is wrong.
+        ok = hmac.compare_digest(token.strip().encode("latin-1"), self._token)
+        return ok and scheme.lower() == "bearer"
+
+    async def _serve_sse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.sse is not None
+        if scope["method"] != "GET":
+            await _send_json(send, 405, {"error": "method_not_allowed"})
+            return
+        async with self.sse.connect_sse(scope, receive, send) as (read, write):
+            await self.server.run(read, write, self._init_options)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        try:
+            async with self.lifespan():
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()  # lifespan.shutdown
+        except Exception as exc:
+            logger.error("HTTP application failed: %s", type(exc).__name__)
+            await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def create_app(
+    settings: Settings | None = None,
+    options: HttpOptions | None = None,
+    *,
+    sandbox: bool | None = None,
+    sandbox_db: str | None = None,
+    backend: Backend | None = None,
+) -> DanubeHttpApp:
+    """ASGI application factory. With no arguments, everything comes from the environment
+    (``DANUBE_*`` and ``DANUBE_MCP_*``), as ``uvicorn --factory danube_mcp.http:create_app`` needs."""
+    from_env = settings is None
+    settings = settings or load_settings()
+    if from_env:
+        from danube_mcp.logs import setup_logging
+
+        setup_logging(settings.log_level)
+        if settings.api_key is not None:
+            SECRETS.add(settings.api_key.get_secret_value())
+    if options is None:
+        transport = os.environ.get("DANUBE_MCP_TRANSPORT", "").strip() or "http"
+        if transport not in ("streamable-http", "sse", "http"):
+            raise ConfigError("DANUBE_MCP_TRANSPORT must be streamable-http, sse or http for the ASGI app")
+        options = HttpOptions.resolve(None, transport, settings)
+    if sandbox is None:
+        sandbox = _env_bool("DANUBE_MCP_SANDBOX")
+    if backend is None:
+        backend = open_backend(
+            settings,
+            sandbox=sandbox,
+            sandbox_db=sandbox_db or os.environ.get("DANUBE_MCP_SANDBOX_DB") or None,
+        )
+    return DanubeHttpApp(backend, options)
+
+
+def serve_http(run: Any, options: HttpOptions) -> int:
+    """Serve with uvicorn until SIGINT/SIGTERM; report the bound address on stderr."""
+    import anyio
+    import uvicorn
+
+    app = create_app(run.settings, options, sandbox=run.sandbox, sandbox_db=run.sandbox_db)
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+
+    # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler turns
+    # that into a normal return, so a graceful stop exits 0 rather than dying by signal.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            while not server.started:
+                if server.should_exit:
+                    return
+                await anyio.sleep(0.01)  # uvicorn offers no start-up event to wait on
+            sock = server.servers[0].sockets[0].getsockname()
+            host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
+            paths = {"streamable-http": MCP_PATH, "sse": SSE_PATH, "http": f"{MCP_PATH} and {SSE_PATH}"}
+            print(
+                f"danube-mcp: listening on http://{host}:{sock[1]} ({paths[options.transport]})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    anyio.run(main)
+    return 0 if server.started else 1

@@ -1,0 +1,13 @@
+"""Sandbox start-up errors: their messages are fit to show the user as-is (and never contain a key)."""
+
+
+class SandboxError(Exception):
+    """A sandbox start-up problem with a message fit to show the user as-is."""
+
+
+class SandboxKeyError(SandboxError):
+    """The encryption key is malformed, missing, or not the key this database was created with."""
+
+
+class SandboxStoreError(SandboxError):
+    """The database cannot be opened or is not a sandbox database."""

@@ -330,8 +330,10 @@ def two_workers(upstream: FakeUpstream) -> Iterator[str]:
     err = Captured()
     env = env_for(upstream, DANUBE_MCP_STATELESS="1", DANUBE_MCP_TRANSPORT="streamable-http")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.http:create_app"]
-        + ["--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        [
+            *(sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.http:create_app"),
+            *("--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
+        ],
         env={**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -49,7 +49,8 @@ def open_backend(settings: Settings, *, sandbox: bool = False, sandbox_db: str |
 
     import httpx
 
-    from danube_mcp.sandbox import DEMO_API_KEY, create_app, default_db_path, open_store
+    from danube_mcp.sandbox import DEMO_API_KEY, create_app, open_store
+    from danube_mcp.sandbox.cli import default_db_path
 
     db = sandbox_db or str(default_db_path())
     store = open_store(db)

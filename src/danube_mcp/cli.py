@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.self_test:
         from danube_mcp.selftest import run_self_test
 
-        return run_self_test(sandbox=opts.sandbox, sandbox_db=opts.sandbox_db, log_level=opts.log_level)
+        return int(run_self_test(sandbox=opts.sandbox, sandbox_db=opts.sandbox_db, log_level=opts.log_level))
 
     transport = args.transport or os.environ.get("DANUBE_MCP_TRANSPORT", "").strip() or "stdio"
     if transport not in TRANSPORTS:

@@ -197,7 +197,8 @@ def _error_fields(data: Any) -> tuple[str | None, str | None, dict[str, Any]]:
     detail = data.get("detail")
     if isinstance(detail, dict):
         # Some deployments nest the envelope under "detail" (FastAPI HTTPException(detail={...})).
-        inner = detail.get("error") if isinstance(detail.get("error"), dict) else detail
+        nested = detail.get("error")
+        inner: dict[str, Any] = nested if isinstance(nested, dict) else detail
         msg = inner.get("message") or inner.get("hint")
         code = inner.get("code") if isinstance(inner.get("code"), str) else None
         if isinstance(inner.get("error"), str):

@@ -1,0 +1,42 @@
+"""Tests: build the server in-process against a fake Danube, no subprocess and no network."""
+
+import asyncio
+import json
+
+import httpx
+from mcp.shared.memory import create_connected_server_and_client_session
+
+from danube_mcp.danube import DanubeClient
+from danube_mcp.server import build_server
+
+
+def fake_danube(request: httpx.Request) -> httpx.Response:
+    body = json.loads(request.content)
+    return httpx.Response(
+        200,
+        json={
+            "success": True,
+            "service_id": body["service_id"],
+            "service_name": "OpenAI",
+            "credential_type": body["credential_type"],
+        },
+    )
+
+
+async def main() -> None:
+    client = DanubeClient(
+        base_url="https://api.danubeai.com",
+        api_key="test-key",
+        transport=httpx.MockTransport(fake_danube),
+    )
+    async with client, create_connected_server_and_client_session(build_server(client)) as session:
+        result = await session.call_tool(
+            "store_credential",
+            {"service_id": "svc_openai_001", "credential_type": "api_key", "credential_value": "sk-test"},
+        )
+        assert not result.isError
+        print(result.structuredContent)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 
@@ -49,6 +52,14 @@ class Reply:
     reason: str = ""
     echo_body: bool = False  # put the request body inside an error message
     barrier: int = 0  # hold the answer until this many requests are in flight together
+    # Echo the request into the answer: every string inside ``echo_template`` (a JSON-able object)
+    # has "{body}" replaced by the request body and "{key}" by its danube-api-key header; the
+    # result is the body. ``reason_template`` does the same for the reason phrase.
+    echo_template: Any = None
+    reason_template: str = ""
+    retry_after_date: float | None = None  # add "Retry-After: <HTTP date this many s from now>"
+    reset_before: bool = False  # abort the connection with a TCP RST instead of answering
+    no_length: bool = False  # no content-length: the body ends when the connection closes
 
 
 def success_body(req: Recorded) -> dict[str, Any]:
@@ -179,8 +190,16 @@ class FakeUpstream:
             await asyncio.sleep(reply.delay)
         if reply.close_before:
             return False
+        if reply.reset_before:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return False
         payload: bytes
-        if reply.echo_body:
+        if reply.echo_template is not None:
+            payload = json.dumps(_fill(reply.echo_template, rec)).encode()
+        elif reply.echo_body:
             payload = json.dumps(
                 {
                     "error": {
@@ -196,8 +215,14 @@ class FakeUpstream:
         else:
             payload = json.dumps(reply.body).encode()
         headers = {"content-type": "application/json", "content-length": str(len(payload))}
+        if reply.no_length:
+            del headers["content-length"]
+            headers["connection"] = "close"
+        if reply.retry_after_date is not None:
+            headers["retry-after"] = formatdate(time.time() + reply.retry_after_date, usegmt=True)
         headers.update(reply.headers)
-        head = f"HTTP/1.1 {reply.status} {reply.reason or 'X'}\r\n" + "".join(
+        reason = _fill(reply.reason_template, rec) if reply.reason_template else reply.reason
+        head = f"HTTP/1.1 {reply.status} {reason or 'X'}\r\n" + "".join(
             f"{k}: {v}\r\n" for k, v in headers.items()
         )
         writer.write(head.encode("latin-1") + b"\r\n")
@@ -213,4 +238,16 @@ class FakeUpstream:
         else:
             writer.write(payload)
             await writer.drain()
-        return True
+        return not reply.no_length
+
+
+def _fill(template: Any, rec: Recorded) -> Any:
+    """``template`` with "{body}" and "{key}" replaced in every string it holds."""
+    if isinstance(template, str):
+        body = rec.body.decode("utf-8", "replace")
+        return template.replace("{body}", body).replace("{key}", rec.headers.get("danube-api-key", ""))
+    if isinstance(template, dict):
+        return {k: _fill(v, rec) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, rec) for v in template]
+    return template

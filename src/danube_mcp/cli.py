@@ -7,6 +7,7 @@ Start-up problems are one line on stderr and exit code 2. stdout is never writte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from danube_mcp import __version__
-from danube_mcp.config import ConfigError, Settings, load_settings, parse_log_level
+from danube_mcp.config import ConfigError, Settings, load_settings, parse_bool, parse_log_level
 
 logger = logging.getLogger("danube_mcp")
 
@@ -47,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="store credentials in a local encrypted test database instead of Danube (no key needed)",
     )
     p.add_argument("--sandbox-db", metavar="PATH", default=None, help="database file for --sandbox")
+    p.add_argument(
+        "--secure-input",
+        action="store_true",
+        default=None,
+        help="let users type the credential on a private page instead of in the chat "
+        "(URL-mode elicitation); env DANUBE_MCP_SECURE_INPUT",
+    )
     p.add_argument(
         "--self-test",
         action="store_true",
@@ -98,24 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _env_flag(name: str) -> bool | None:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return None
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off")
-
-
 @dataclass(frozen=True)
 class RunOptions:
     settings: Settings
     log_level: str
     sandbox: bool
     sandbox_db: str | None
+    secure_input: bool = False
 
 
 def resolve(args: argparse.Namespace) -> RunOptions:
@@ -123,28 +120,47 @@ def resolve(args: argparse.Namespace) -> RunOptions:
     log_level = (
         parse_log_level(args.log_level, "--log-level") if args.log_level is not None else settings.log_level
     )
-    sandbox = args.sandbox if args.sandbox is not None else bool(_env_flag("DANUBE_MCP_SANDBOX"))
+    sandbox = (
+        args.sandbox
+        if args.sandbox is not None
+        else parse_bool(os.environ.get("DANUBE_MCP_SANDBOX"), "DANUBE_MCP_SANDBOX")
+    )
     sandbox_db = args.sandbox_db or os.environ.get("DANUBE_MCP_SANDBOX_DB") or None
-    return RunOptions(settings=settings, log_level=log_level, sandbox=sandbox, sandbox_db=sandbox_db)
+    secure_input = args.secure_input if args.secure_input is not None else settings.secure_input
+    return RunOptions(
+        settings=settings,
+        log_level=log_level,
+        sandbox=sandbox,
+        sandbox_db=sandbox_db,
+        secure_input=secure_input,
+    )
 
 
 async def serve_stdio(opts: RunOptions) -> None:
     from danube_mcp.backend import open_backend
+    from danube_mcp.secure_input import SecureInputBroker
     from danube_mcp.server import build_server
     from danube_mcp.stdio import claim_stdout, stdio_transport
 
     protocol_out = claim_stdout()
     backend = open_backend(opts.settings, sandbox=opts.sandbox, sandbox_db=opts.sandbox_db)
+    broker = SecureInputBroker(ttl=opts.settings.secure_input_ttl) if opts.secure_input else None
     try:
         server = build_server(
-            backend.client, sandbox=backend.sandbox, api_key_problem=backend.api_key_problem
+            backend.client,
+            sandbox=backend.sandbox,
+            api_key_problem=backend.api_key_problem,
+            secure_input=broker,
         )
         if not backend.sandbox and opts.settings.api_key is None:
             logger.warning(
                 "DANUBE_API_KEY is %s: the tool is listed, but calls will fail until it is set",
                 opts.settings.api_key_problem,
             )
-        async with stdio_transport(stdout=protocol_out) as (read, write):
+        async with contextlib.AsyncExitStack() as stack:
+            if broker is not None:
+                await stack.enter_async_context(broker.running())
+            read, write = await stack.enter_async_context(stdio_transport(stdout=protocol_out))
             await server.run(read, write, server.create_initialization_options())
     finally:
         await backend.aclose()

@@ -24,6 +24,7 @@ DEFAULT_TIMEOUT = 15.0
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_CALL_BUDGET = 25.0
 DEFAULT_LOG_LEVEL = "WARNING"
+DEFAULT_SECURE_INPUT_TTL = 300.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -121,6 +122,36 @@ class Settings:
     max_retries: int = DEFAULT_MAX_RETRIES
     call_budget: float = DEFAULT_CALL_BUDGET
     log_level: str = DEFAULT_LOG_LEVEL
+    secure_input: bool = False
+    secure_input_ttl: float = DEFAULT_SECURE_INPUT_TTL
+    public_url: str | None = None
+
+
+def parse_bool(raw: str | None, var: str) -> bool:
+    if raw is None or not raw.strip():
+        return False
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{var} must be 1/true/yes/on or 0/false/no/off")
+
+
+def _public_url(raw: str | None) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        parts = urlsplit(raw.strip())
+    except ValueError:
+        raise ConfigError("DANUBE_MCP_PUBLIC_URL is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            "DANUBE_MCP_PUBLIC_URL must be an http:// or https:// URL without query or fragment"
+        )
+    if parts.scheme == "http" and not _is_loopback_host(parts.hostname):
+        raise ConfigError("DANUBE_MCP_PUBLIC_URL must use https:// for a non-loopback host")
+    return raw.strip().rstrip("/")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -163,6 +194,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if budget < timeout:
         raise ConfigError("DANUBE_MCP_CALL_BUDGET must be at least DANUBE_TIMEOUT")
     log_level = parse_log_level(env.get("DANUBE_MCP_LOG_LEVEL"))
+    secure_input = parse_bool(env.get("DANUBE_MCP_SECURE_INPUT"), "DANUBE_MCP_SECURE_INPUT")
+    secure_input_ttl = _float(env, "DANUBE_MCP_SECURE_INPUT_TTL", DEFAULT_SECURE_INPUT_TTL, lo=0.0, hi=3600.0)
+    public_url = _public_url(env.get("DANUBE_MCP_PUBLIC_URL"))
 
     return Settings(
         api_url=api_url,
@@ -173,4 +207,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_retries=max_retries,
         call_budget=budget,
         log_level=log_level,
+        secure_input=secure_input,
+        secure_input_ttl=secure_input_ttl,
+        public_url=public_url,
     )

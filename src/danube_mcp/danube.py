@@ -20,6 +20,7 @@ import anyio
 import httpx
 
 from danube_mcp import __version__
+from danube_mcp.logs import contains_fragment
 from danube_mcp.models import StoreRequest, StoreResult
 
 STORE_PATH: Final = "/v1/credentials/store"
@@ -53,18 +54,9 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
         for variant in _variants(secret):
             text = text.replace(variant, REDACTED)
     for secret in live:
-        if _contains_fragment(text, secret):
+        if contains_fragment(text, secret):
             return REDACTED
     return text
-
-
-_FRAGMENT = 8
-
-
-def _contains_fragment(text: str, secret: str) -> bool:
-    if len(secret) < _FRAGMENT * 2:
-        return False
-    return any(secret[i : i + _FRAGMENT] in text for i in range(len(secret) - _FRAGMENT + 1))
 
 
 def _clean_message(text: str, secrets: Iterable[str | None]) -> str:
@@ -97,12 +89,14 @@ class DanubeError(Exception):
         code: str | None = None,
         upstream_message: str | None = None,
         attempts: int = 1,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.upstream_message = upstream_message
         self.attempts = attempts
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, attempts={self.attempts})"
@@ -128,11 +122,8 @@ class RateLimited(DanubeError):
     kind = "rate_limited"
     retryable = True
 
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, plan_cap: bool = False, **kw: Any
-    ) -> None:
+    def __init__(self, message: str, *, plan_cap: bool = False, **kw: Any) -> None:
         super().__init__(message, **kw)
-        self.retry_after = retry_after
         self.plan_cap = plan_cap
 
 
@@ -176,8 +167,15 @@ def _parse_json(body: bytes) -> Any:
         return None
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         return None
+
+
+def _wait_text(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    n = max(1, math.ceil(seconds))
+    return f"wait {n} second{'s' if n != 1 else ''}"
 
 
 def _error_fields(data: Any) -> tuple[str | None, str | None, dict[str, Any]]:
@@ -337,11 +335,10 @@ class DanubeClient:
 
     def _backoff(self, attempt: int, exc: DanubeError) -> float | None:
         """Seconds to wait before the next attempt, or None to stop retrying."""
-        if isinstance(exc, RateLimited):
-            if exc.plan_cap:
-                return None
-            if exc.retry_after is not None:
-                return exc.retry_after if exc.retry_after <= RETRY_AFTER_CAP else None
+        if isinstance(exc, RateLimited) and exc.plan_cap:
+            return None
+        if exc.retry_after is not None:  # 429 or 503 with Retry-After (RFC 9110 section 10.2.3)
+            return exc.retry_after if exc.retry_after <= RETRY_AFTER_CAP else None
         base = min(BACKOFF_BASE * 2.0 ** (attempt - 1), BACKOFF_CAP)
         return base * (0.5 + 0.5 * self._random())
 
@@ -467,7 +464,7 @@ class DanubeClient:
                     retry_after=retry_after,
                     **kw,
                 )
-            wait = f"wait {math.ceil(retry_after)} seconds" if retry_after is not None else "wait a minute"
+            wait = _wait_text(retry_after) or "wait a minute"
             raise RateLimited(
                 f"Danube is rate limiting requests (HTTP 429){said}. {wait.capitalize()} and try again.",
                 retry_after=retry_after,
@@ -475,9 +472,13 @@ class DanubeClient:
             )
         if status >= 500:
             error_cls = _RetryableServerError if status in RETRY_STATUSES else ServerError
+            retry_after = _parse_retry_after(response.headers.get("retry-after"))
+            server_wait = _wait_text(retry_after)
+            when = f"{server_wait.capitalize()} and try again" if server_wait else "Try again in a minute"
             raise error_cls(
-                f"Danube had a server problem (HTTP {status}){said}. Try again in a minute; if it "
-                "persists, Danube may be down or the operation switched off.",
+                f"Danube had a server problem (HTTP {status}){said}. {when}; if it persists, Danube "
+                "may be down or the operation switched off.",
+                retry_after=retry_after,
                 **kw,
             )
         if 300 <= status < 400:

@@ -36,6 +36,8 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from danube_mcp.backend import Backend, open_backend
 from danube_mcp.config import ConfigError, Settings, is_placeholder, load_settings
 from danube_mcp.logs import SECRETS
+from danube_mcp.secure_input import PATH_PREFIX as SECURE_INPUT_PREFIX
+from danube_mcp.secure_input import SecureInputBroker
 from danube_mcp.server import CallerKeyError, build_server
 
 logger = logging.getLogger("danube_mcp.http")
@@ -113,6 +115,9 @@ class HttpOptions:
     allowed_origins: tuple[str, ...] = ()
     auth_token: str | None = field(default=None, repr=False)
     require_client_key: bool = False
+    secure_input: bool = False
+    secure_input_ttl: float = 300.0
+    public_url: str | None = None
 
     @classmethod
     def resolve(cls, args: argparse.Namespace | None, transport: str, settings: Settings) -> HttpOptions:
@@ -151,6 +156,13 @@ class HttpOptions:
                 getattr(a, "auth_token_file", None) or os.environ.get("DANUBE_MCP_AUTH_TOKEN_FILE")
             ),
             require_client_key=require if require is not None else _env_bool("DANUBE_MCP_REQUIRE_CLIENT_KEY"),
+            secure_input=bool(
+                getattr(a, "secure_input", None)
+                if getattr(a, "secure_input", None) is not None
+                else settings.secure_input
+            ),
+            secure_input_ttl=settings.secure_input_ttl,
+            public_url=settings.public_url,
         )
         opts.check_exposure(server_key=settings.api_key is not None)
         return opts
@@ -380,12 +392,20 @@ class DanubeHttpApp:
         self._token = options.auth_token.encode() if options.auth_token else None
         if options.auth_token:
             SECRETS.add(options.auth_token)
+        self.secure_input = (
+            SecureInputBroker(ttl=options.secure_input_ttl, public_url=options.public_url)
+            if options.secure_input
+            else None
+        )
         self.server = build_server(
             backend.client,
             sandbox=backend.sandbox,
             api_key_problem=backend.api_key_problem,
             caller_key=caller_key_from_request,
             require_client_key=options.require_client_key,
+            secure_input=self.secure_input,
+            # URL elicitation needs a server-to-client request on a live stream.
+            elicitation_possible=not (options.stateless or options.json_response),
         )
         serve_streamable = options.transport in ("streamable-http", "http")
         serve_sse = options.transport in ("sse", "http")
@@ -404,6 +424,7 @@ class DanubeHttpApp:
             SseServerTransport(MESSAGES_PATH, max_request_body_size=MAX_BODY_BYTES) if serve_sse else None
         )
         self._init_options = self.server.create_initialization_options()
+        self.draining = False  # set on the first shutdown signal: new MCP requests get 503
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -429,10 +450,15 @@ class DanubeHttpApp:
             await _send_json(send, 200, {"status": "ok"})
             return
         if not self.allow.host_ok(_header(scope, b"host")):
+            # DNS-rebinding protection covers every path but /healthz, secure input pages included.
             await _drain(receive)
             await _send_json(
                 send, 421, {"error": "misdirected_request", "error_description": "Invalid Host header"}
             )
+            return
+        if path.startswith(SECURE_INPUT_PREFIX) and self.secure_input is not None:
+            # A browser page: no bearer token there; it checks its own Origin and single-use token.
+            await self.secure_input.app(scope, receive, send)
             return
         if not self.allow.origin_ok(_header(scope, b"origin")):
             await _drain(receive)
@@ -448,6 +474,15 @@ class DanubeHttpApp:
                     "error_description": "A valid 'Authorization: Bearer' token is required",
                 },
                 ((b"www-authenticate", b'Bearer realm="danube-mcp"'),),
+            )
+            return
+        if self.draining and path in (MCP_PATH, MCP_PATH + "/", SSE_PATH, MESSAGES_PATH):
+            await _drain(receive)
+            await _send_json(
+                send,
+                503,
+                _jsonrpc_error(-32000, "Server is shutting down; retry shortly"),
+                ((b"retry-after", b"2"), (b"connection", b"close")),
             )
             return
         if scope["method"] == "POST":
@@ -532,12 +567,51 @@ def create_app(
     return DanubeHttpApp(backend, options)
 
 
+SHUTDOWN_GRACE: Final = 3.0
+
+
 def serve_http(run: Any, options: HttpOptions) -> int:
-    """Serve with uvicorn until SIGINT/SIGTERM; report the bound address on stderr."""
+    """Serve with uvicorn until SIGINT/SIGTERM; report the bound address on stderr.
+
+    Graceful shutdown: on the first signal, new MCP requests get 503 while calls in flight have
+    ``SHUTDOWN_GRACE`` seconds to finish; calls still running then end with a clean error result;
+    only then are streams closed and the process exits (0). A second signal exits at once.
+    """
+    import asyncio
+
     import anyio
     import uvicorn
+    from sse_starlette.sse import AppStatus
 
     app = create_app(run.settings, options, sandbox=run.sandbox, sandbox_db=run.sandbox_db)
+    # sse-starlette would end every open SSE response (and with it the answers of calls in
+    # flight) on the first signal; the drain below decides when streams close instead.
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
+
+    class Server(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+        draining = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.draining or self.loop is None:
+                AppStatus.should_exit = True
+                super().handle_exit(sig, frame)
+                self.force_exit = self.force_exit or self.draining
+                return
+            self.draining = True
+            app.draining = True
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.drain(sig)))  # type: ignore[union-attr]
+
+        async def drain(self, sig: int) -> None:
+            tool = app.server.tool  # type: ignore[attr-defined]
+            if not await tool.wait_idle(SHUTDOWN_GRACE):
+                logger.warning("shutting down: stopping %d call(s) still in flight", tool.in_flight)
+                tool.stop_calls()
+                await tool.wait_idle(1.0)
+            await asyncio.sleep(0.05)  # let the last answers reach their streams
+            AppStatus.should_exit = True
+            uvicorn.Server.handle_exit(self, sig, None)
+
     config = uvicorn.Config(
         app,
         host=options.host,
@@ -545,10 +619,10 @@ def serve_http(run: Any, options: HttpOptions) -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=3,
+        timeout_graceful_shutdown=2,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
 
     # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler turns
     # that into a normal return, so a graceful stop exits 0 rather than dying by signal.
@@ -556,6 +630,7 @@ def serve_http(run: Any, options: HttpOptions) -> int:
         signal.signal(sig, lambda *_: None)
 
     async def main() -> None:
+        server.loop = asyncio.get_running_loop()
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve)
             while not server.started:

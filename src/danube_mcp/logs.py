@@ -46,6 +46,16 @@ DISCONNECT_EXCEPTIONS: Final = frozenset({"ClosedResourceError", "BrokenResource
 NOISY_LOGGERS: Final = ("mcp", "sse_starlette", "httpcore", "hpack")
 
 
+FRAGMENT: Final = 8
+
+
+def contains_fragment(text: str, secret: str) -> bool:
+    """True if ``text`` holds any ``FRAGMENT``-long piece of a secret of twice that length or more."""
+    if len(secret) < FRAGMENT * 2:
+        return False
+    return any(secret[i : i + FRAGMENT] in text for i in range(len(secret) - FRAGMENT + 1))
+
+
 class SecretRegistry:
     """The secrets that must never be printed. Thread-safe; values are held, never shown."""
 
@@ -125,6 +135,10 @@ class RedactingFilter(logging.Filter):
                 message = message.replace(s, REDACTED)
                 if record.exc_text:
                     record.exc_text = record.exc_text.replace(s, REDACTED)
+        if secrets:
+            rest = message + (record.exc_text or "")
+            if any(contains_fragment(rest, s) for s in secrets):
+                return False  # part of a secret (an upstream echo, say): drop the whole line
         record.msg = message
         record.args = None
         return True
@@ -154,5 +168,8 @@ def setup_logging(level: str = "WARNING", stream: TextIO | None = None) -> loggi
         lg.handlers.clear()
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(max(numeric, logging.INFO))
+    # httpx's per-request INFO line quotes the upstream's reason phrase, which the upstream
+    # controls; our own log lines say what happened to each call.
+    logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
     logging.captureWarnings(True)
     return handler

@@ -14,17 +14,28 @@ Every failure becomes an ``isError: true`` result here, and only here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+import anyio
 from mcp import types
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import McpError
 
 from danube_mcp import __version__
 from danube_mcp.danube import DanubeClient, DanubeError, MissingApiKey
 from danube_mcp.logs import SECRETS
-from danube_mcp.models import OUTPUT_SCHEMA, ArgumentError, StoreResult, input_schema, parse_arguments
+from danube_mcp.models import (
+    OUTPUT_SCHEMA,
+    ArgumentError,
+    StoreRequest,
+    StoreResult,
+    input_schema,
+    parse_arguments,
+)
+from danube_mcp.secure_input import SecureInputBroker
 
 logger = logging.getLogger("danube_mcp.server")
 
@@ -62,12 +73,19 @@ class CallerKeyError(Exception):
     """The caller supplied a key that cannot be used; the message says why (never the key)."""
 
 
-def build_tool() -> types.Tool:
+SECURE_INPUT_NOTE: Final = (
+    "\n\nSecure input is available: omit credential_value and the user will be asked to enter the "
+    "credential on a private page that you never see. Prefer this whenever the user has not already "
+    "pasted the credential into the conversation."
+)
+
+
+def build_tool(*, secure_input: bool = False) -> types.Tool:
     return types.Tool(
         name=TOOL_NAME,
         title="Store credential",
-        description=TOOL_DESCRIPTION,
-        inputSchema=input_schema(),
+        description=TOOL_DESCRIPTION + (SECURE_INPUT_NOTE if secure_input else ""),
+        inputSchema=input_schema(value_optional=secure_input),
         outputSchema=OUTPUT_SCHEMA,
         annotations=types.ToolAnnotations(
             title="Store credential",
@@ -113,13 +131,34 @@ class StoreCredentialTool:
         api_key_problem: str | None = None,
         caller_key: CallerKey | None = None,
         require_client_key: bool = False,
+        secure_input: SecureInputBroker | None = None,
+        elicitation_possible: bool = True,
     ) -> None:
         self.client = client
         self.sandbox = sandbox
         self.api_key_problem = api_key_problem
         self.caller_key = caller_key
         self.require_client_key = require_client_key
+        self.secure_input = secure_input
+        self.elicitation_possible = elicitation_possible
         self._prefix = SANDBOX_PREFIX if sandbox else ""
+        # Calls in flight, so a graceful shutdown can wait for them and then stop the rest cleanly.
+        self.in_flight = 0
+        self._scopes: set[anyio.CancelScope] = set()
+        self._idle: anyio.Event | None = None
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """Wait until no call is in flight, for at most ``seconds``. True if idle."""
+        with anyio.move_on_after(seconds):
+            while self.in_flight:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        return self.in_flight == 0
+
+    def stop_calls(self) -> None:
+        """End every call in flight with a clean error result (graceful shutdown's last step)."""
+        for scope in list(self._scopes):
+            scope.cancel()
 
     def _error(self, text: str) -> types.ServerResult:
         return error_result(self._prefix + text)
@@ -133,42 +172,141 @@ class StoreCredentialTool:
         problem = self.api_key_problem or "not set"
         return f"No Danube API key is configured: DANUBE_API_KEY is {problem}. {MISSING_KEY_HELP}"
 
-    async def __call__(self, params: types.CallToolRequestParams, request: Any = None) -> types.ServerResult:
+    async def __call__(self, params: types.CallToolRequestParams, ctx: Any = None) -> types.ServerResult:
+        """Handle one call. ``ctx`` is the SDK's request context (session, request id, HTTP request)."""
+        scope = anyio.CancelScope()
+        self._scopes.add(scope)
+        self.in_flight += 1
+        try:
+            with scope:
+                return await self._call(params, ctx)
+            # Only reached when stop_calls() cancelled this call (a cancelled client propagates).
+            return self._error(
+                "danube-mcp is shutting down and stopped this call before Danube answered. The "
+                "credential may or may not have been stored; retrying is safe."
+            )
+        finally:
+            self.in_flight -= 1
+            self._scopes.discard(scope)
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def _call(self, params: types.CallToolRequestParams, ctx: Any) -> types.ServerResult:
         if params.name != TOOL_NAME:
             return self._error(f"Unknown tool. This server has one tool: {TOOL_NAME}.")
         try:
-            store = parse_arguments(params.arguments if params.arguments is not None else {})
+            store = parse_arguments(
+                params.arguments if params.arguments is not None else {},
+                value_optional=self.secure_input is not None,
+            )
         except ArgumentError as exc:
             return self._error(f"Invalid arguments: {exc}.")
 
         key: str | None = None
         if self.caller_key is not None:
             try:
-                key = self.caller_key(request)
+                key = self.caller_key(getattr(ctx, "request", None))
             except CallerKeyError as exc:
                 return self._error(str(exc))
         if key is None and (self.require_client_key or not self.client.has_default_key):
             return self._error(self._missing_key_message())
 
+        if not store.credential_value:
+            return await self._store_with_secure_input(store, key, ctx)
+        result, _ = await self._store(store, key)
+        return result
+
+    async def _store(self, store: StoreRequest, key: str | None) -> tuple[types.ServerResult, str | None]:
+        """Store, and return the result with (for error results) its text."""
         try:
             with SECRETS.holding(store.credential_value, key):
                 result = await self.client.store_credential(store, api_key=key)
         except MissingApiKey:
-            return self._error(self._missing_key_message())
+            text = self._missing_key_message()
         except DanubeError as exc:
             logger.info("store_credential failed: %s after %d attempt(s)", exc.kind, exc.attempts)
-            return self._error(str(exc))
+            text = str(exc)
         except Exception as exc:  # never let an unexpected error reach the SDK, which would print it
             logger.error("store_credential: unexpected %s", type(exc).__name__)
-            return self._error("Internal error in danube-mcp while storing the credential. Retrying is safe.")
-        logger.info("store_credential: stored %s for a service", result.credential_type)
-        return types.ServerResult(
-            types.CallToolResult(
-                content=[types.TextContent(type="text", text=self._prefix + summary_text(result))],
-                structuredContent=result.structured(sandbox=self.sandbox),
-                isError=False,
+            text = "Internal error in danube-mcp while storing the credential. Retrying is safe."
+        else:
+            logger.info("store_credential: stored %s for a service", result.credential_type)
+            summary = self._prefix + summary_text(result)
+            return (
+                types.ServerResult(
+                    types.CallToolResult(
+                        content=[types.TextContent(type="text", text=summary)],
+                        structuredContent=result.structured(sandbox=self.sandbox),
+                        isError=False,
+                    )
+                ),
+                None,
             )
-        )
+        return self._error(text), self._prefix + text
+
+    async def _store_with_secure_input(
+        self, store: StoreRequest, key: str | None, ctx: Any
+    ) -> types.ServerResult:
+        """No value given: ask the user for it on a one-time page (URL-mode elicitation)."""
+        broker = self.secure_input
+        assert broker is not None
+        if not self.elicitation_possible or ctx is None:
+            return self._error(
+                "credential_value is required: this server's transport (stateless or JSON-response "
+                "HTTP) cannot open a secure input page. Ask the user for the credential and pass it "
+                "as credential_value, or connect over stdio, SSE or stateful streamable HTTP."
+            )
+        session = ctx.session
+        caps = session.client_params.capabilities if session.client_params else None
+        if not (caps and caps.elicitation and caps.elicitation.url is not None):
+            return self._error(
+                "credential_value is required: this MCP client does not support secure input "
+                "(URL-mode elicitation). Ask the user to provide the credential, confirm, and pass it "
+                "as credential_value."
+            )
+        entry = broker.create(store.service_id, store.credential_type)
+        try:
+            url = await broker.url_for(entry, getattr(ctx, "request", None))
+            kind = "bearer token" if store.credential_type == "bearer" else "API key"
+            answer = await session.elicit_url(
+                message=(
+                    f"Enter the {kind} for Danube service {store.service_id} on a private page. "
+                    "It goes straight to danube-mcp; the assistant never sees it."
+                ),
+                url=url,
+                elicitation_id=entry.elicitation_id,
+                related_request_id=ctx.request_id,
+            )
+            if answer.action != "accept":
+                verb = "declined" if answer.action == "decline" else "cancelled"
+                broker.discard(entry, f"The request was {verb} in your MCP client. Nothing was stored.")
+                return self._error(
+                    f"The user {verb} entering the credential. Nothing was stored; do not retry "
+                    "unless the user asks to."
+                )
+            with anyio.move_on_after(entry.remaining()):
+                await entry.submitted.wait()
+            if not entry.submitted.is_set():
+                broker.discard(entry, "This link expired. Nothing was stored.")
+                return self._error(
+                    "The secure input page expired before the credential was entered. Nothing was "
+                    "stored; call the tool again (without credential_value) for a new link."
+                )
+            result, error_text = await self._store(broker.request_for(entry), key)
+            if error_text is None:
+                entry.finish(True, "The credential was stored.")
+            else:
+                entry.finish(False, error_text)
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await session.send_elicit_complete(entry.elicitation_id, related_request_id=ctx.request_id)
+            return result
+        except McpError:
+            return self._error(
+                "The MCP client could not open the secure input page. Ask the user for the credential "
+                "and pass it as credential_value."
+            )
+        finally:
+            broker.discard(entry)
 
 
 def build_server(
@@ -178,8 +316,14 @@ def build_server(
     api_key_problem: str | None = None,
     caller_key: CallerKey | None = None,
     require_client_key: bool = False,
+    secure_input: SecureInputBroker | None = None,
+    elicitation_possible: bool = True,
 ) -> Server[Any, Any]:
-    """The MCP server with its one tool, talking to Danube through ``client``."""
+    """The MCP server with its one tool, talking to Danube through ``client``.
+
+    With ``secure_input``, ``credential_value`` becomes optional: when it is omitted the user enters
+    it on a one-time page (URL-mode elicitation) instead of in the chat.
+    """
     server: Server[Any, Any] = Server(
         "danube-mcp", version=__version__, instructions=INSTRUCTIONS, website_url=None
     )
@@ -189,20 +333,22 @@ def build_server(
         api_key_problem=api_key_problem,
         caller_key=caller_key,
         require_client_key=require_client_key,
+        secure_input=secure_input,
+        elicitation_possible=elicitation_possible,
     )
-    tools_result = types.ServerResult(types.ListToolsResult(tools=[build_tool()]))
+    tools_result = types.ServerResult(
+        types.ListToolsResult(tools=[build_tool(secure_input=secure_input is not None)])
+    )
 
     async def list_tools(_: types.ListToolsRequest | None) -> types.ServerResult:
         return tools_result
 
     async def call_tool(req: types.CallToolRequest) -> types.ServerResult:
-        request = None
-        if caller_key is not None:
-            try:
-                request = server.request_context.request
-            except LookupError:
-                request = None
-        return await tool(req.params, request)
+        try:
+            ctx = server.request_context
+        except LookupError:
+            ctx = None
+        return await tool(req.params, ctx)
 
     server.request_handlers[types.ListToolsRequest] = list_tools
     server.request_handlers[types.CallToolRequest] = call_tool

@@ -1,0 +1,345 @@
+"""Secure input: the user types the credential on a one-time page, never in the chat.
+
+MCP 2025-11-25 added URL-mode elicitation: the server asks the client to open a URL, the user
+enters the secret there, and it reaches the server directly. The model only ever sees the link.
+
+:class:`SecureInputBroker` owns the one-time entries and serves their pages as a small ASGI app:
+
+* over HTTP the pages live in the main application under ``/secure-input/<token>``;
+* over stdio the broker starts a listener on 127.0.0.1 with a random port on first use.
+
+Each link carries an unguessable single-use token, expires after ``ttl`` seconds, takes one valid
+submission, only over POST, rejects foreign Origins, and answers with ``no-store`` and
+anti-framing headers. Pages never reflect the value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import anyio
+from anyio.abc import TaskGroup
+
+from danube_mcp.models import ArgumentError, StoreRequest, parse_arguments
+
+logger = logging.getLogger("danube_mcp.secure_input")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PATH_PREFIX: Final = "/secure-input/"
+DEFAULT_TTL: Final = 300.0
+MAX_FORM_BYTES: Final = 64 * 1024
+
+SECURITY_HEADERS: Final = (
+    (b"cache-control", b"no-store"),
+    (b"pragma", b"no-cache"),
+    (b"x-frame-options", b"DENY"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        b"frame-ancestors 'none'; base-uri 'none'",
+    ),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+)
+
+
+@dataclass(eq=False)
+class PendingInput:
+    """One open request for a credential. The value is held only until the store is done."""
+
+    token: str = field(repr=False)
+    elicitation_id: str
+    service_id: str
+    credential_type: str
+    expires_at: float
+    submitted: anyio.Event = field(default_factory=anyio.Event, repr=False)
+    done: anyio.Event = field(default_factory=anyio.Event, repr=False)
+    value: str | None = field(default=None, repr=False)
+    outcome: str = ""
+    ok: bool = False
+    closed: bool = False
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires_at - time.monotonic())
+
+    def open(self) -> bool:
+        return not self.closed and not self.submitted.is_set() and self.remaining() > 0
+
+    def take_value(self) -> str:
+        value, self.value = self.value or "", None
+        return value
+
+    def finish(self, ok: bool, outcome: str) -> None:
+        self.ok, self.outcome, self.closed = ok, outcome, True
+        self.done.set()
+
+
+class _QuietServer:
+    """uvicorn without its signal handling: the stdio server owns SIGINT/SIGTERM."""
+
+    @staticmethod
+    def create(app: Any, sock: socket.socket) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                yield
+
+        config = uvicorn.Config(
+            app, interface="asgi3", log_config=None, access_log=False, lifespan="off", server_header=False
+        )
+        return Server(config)
+
+
+class SecureInputBroker:
+    """The open entries, their pages, and (for stdio) the local listener."""
+
+    def __init__(self, *, ttl: float = DEFAULT_TTL, public_url: str | None = None) -> None:
+        self.ttl = ttl
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self._entries: dict[str, PendingInput] = {}
+        self._task_group: TaskGroup | None = None
+        self._listener_url: str | None = None
+        self._listener: Any = None
+        self._lock = anyio.Lock()
+
+    # -- lifecycle (stdio) ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[SecureInputBroker]:
+        """Let the broker start a local listener on first use; stop it on exit."""
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            try:
+                yield self
+            finally:
+                if self._listener is not None:
+                    self._listener.should_exit = True
+                    self._listener.force_exit = True
+                tg.cancel_scope.cancel()
+                self._task_group = None
+
+    async def _local_base_url(self) -> str:
+        async with self._lock:
+            if self._listener_url is None:
+                if self._task_group is None:
+                    raise RuntimeError("secure input listener needs SecureInputBroker.running()")
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", 0))
+                sock.listen(64)
+                sock.setblocking(False)
+                port = sock.getsockname()[1]
+                self._listener = _QuietServer.create(self.app, sock)
+                self._task_group.start_soon(self._listener.serve, [sock])
+                self._listener_url = f"http://127.0.0.1:{port}"
+                logger.info("secure input pages served on 127.0.0.1:%d", port)
+            return self._listener_url
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def create(self, service_id: str, credential_type: str) -> PendingInput:
+        self._sweep()
+        entry = PendingInput(
+            token=secrets.token_urlsafe(32),
+            elicitation_id=uuid.uuid4().hex,
+            service_id=service_id,
+            credential_type=credential_type,
+            expires_at=time.monotonic() + self.ttl,
+        )
+        self._entries[entry.token] = entry
+        return entry
+
+    def discard(self, entry: PendingInput, outcome: str = "This request was cancelled.") -> None:
+        self._entries.pop(entry.token, None)
+        if not entry.closed:
+            entry.finish(False, outcome)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for token, entry in list(self._entries.items()):
+            if entry.closed or entry.expires_at <= now:
+                self._entries.pop(token, None)
+
+    async def url_for(self, entry: PendingInput, request: Any = None) -> str:
+        if self.public_url:
+            base = self.public_url
+        elif request is not None:
+            base = f"{request.url.scheme}://{request.headers.get('host', '127.0.0.1')}"
+        else:
+            base = await self._local_base_url()
+        return f"{base}{PATH_PREFIX}{entry.token}"
+
+    # -- the pages (ASGI) ----------------------------------------------------------------------
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if not path.startswith(PATH_PREFIX):
+            await _page(send, 404, "Not found", "There is nothing here.")
+            return
+        token = path[len(PATH_PREFIX) :]
+        entry = self._entries.get(token)
+        method = scope["method"]
+        if method not in ("GET", "POST"):
+            await _page(send, 405, "Method not allowed", "Use the form on this page.", allow=b"GET, POST")
+            return
+        if entry is None or not entry.open():
+            await _page(
+                send,
+                410,
+                "Link no longer valid",
+                "This link has expired or has already been used. Nothing was entered here. Ask the "
+                "assistant to start again if you still want to store the credential.",
+            )
+            return
+        if method == "GET":
+            await _page(send, 200, "Enter credential", form=_form(entry))
+            return
+        await self._submit(entry, scope, receive, send)
+
+    async def _submit(self, entry: PendingInput, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = _header(scope, b"origin")
+        own = f"{scope.get('scheme', 'http')}://{_header(scope, b'host') or ''}"
+        if origin is not None and origin.rstrip("/").lower() != own.lower():
+            await _page(send, 403, "Forbidden", "This form can only be submitted from its own page.")
+            return
+        ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            await _page(send, 415, "Unsupported form", "Submit the form on this page.")
+            return
+        body = await _read_body(receive, MAX_FORM_BYTES)
+        if body is None:
+            await _page(send, 413, "Too large", "The value is too long.")
+            return
+        try:
+            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            fields = {}
+        values = fields.get("credential_value", [])
+        try:
+            request = parse_arguments(
+                {
+                    "service_id": entry.service_id,
+                    "credential_type": entry.credential_type,
+                    "credential_value": values[0] if len(values) == 1 else None,
+                }
+            )
+        except ArgumentError as exc:
+            problem = str(exc).replace("credential_value: ", "")
+            await _page(send, 400, "Please check the value", form=_form(entry, error=problem))
+            return
+        if not entry.open():  # lost a race with expiry or another submission
+            await _page(send, 410, "Link no longer valid", "This link has expired or was already used.")
+            return
+        entry.value = request.credential_value
+        entry.submitted.set()
+        with anyio.move_on_after(max(entry.remaining(), 60.0)):
+            await entry.done.wait()
+        title = "Stored" if entry.ok else "Not stored"
+        outcome = entry.outcome or "The request ended without an answer."
+        await _page(send, 200 if entry.ok else 502, title, outcome + " You can close this tab.")
+
+    def request_for(self, entry: PendingInput) -> StoreRequest:
+        return StoreRequest(
+            service_id=entry.service_id,
+            credential_type=entry.credential_type,  # type: ignore[arg-type]
+            credential_value=entry.take_value(),
+        )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _form(entry: PendingInput, error: str | None = None) -> str:
+    kind = "bearer token" if entry.credential_type == "bearer" else "API key"
+    problem = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return (
+        f"<p>Enter the <strong>{html.escape(kind)}</strong> for the Danube service "
+        f"<code>{html.escape(entry.service_id)}</code>. It goes straight to danube-mcp and on to "
+        "Danube; the assistant never sees it.</p>"
+        f"{problem}"
+        '<form method="post" autocomplete="off">'
+        '<label for="credential_value">Credential</label>'
+        '<input id="credential_value" name="credential_value" type="password" required '
+        'maxlength="16384" autocomplete="off" autofocus spellcheck="false">'
+        '<button type="submit">Store credential</button>'
+        "</form>"
+        f'<p class="small">This link works once and expires in {int(entry.remaining() // 60) or 1} '
+        "minute(s).</p>"
+    )
+
+
+_STYLE: Final = (
+    "body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;color:#1b1b1b}"
+    "h1{font-size:1.4rem}label{display:block;font-weight:600;margin:1rem 0 .3rem}"
+    "input{width:100%;padding:.6rem;font-size:1rem;box-sizing:border-box}"
+    "button{margin-top:1rem;padding:.6rem 1.2rem;font-size:1rem}"
+    ".error{color:#a40000}.small{color:#555;font-size:.85rem}"
+)
+
+
+async def _page(
+    send: Send,
+    status: int,
+    title: str,
+    text: str = "",
+    *,
+    form: str | None = None,
+    allow: bytes | None = None,
+) -> None:
+    """An HTML page: ``text`` is escaped here; ``form`` is markup built by :func:`_form`."""
+    body_html = form if form is not None else f"<p>{html.escape(text)}</p>"
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>danube-mcp: {html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body_html}"
+        "</body></html>"
+    ).encode()
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-length", str(len(page)).encode()),
+        *SECURITY_HEADERS,
+    ]
+    if allow:
+        headers.append((b"allow", allow))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": page})

@@ -1,0 +1,316 @@
+"""Secure input (URL-mode elicitation): the value goes from a one-time page to the server, never
+through an MCP message. Real processes, real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.context import RequestContext
+from mcp.shared.message import SessionMessage
+
+from danube_mcp.sandbox import DEMO_API_KEY, open_store
+from procs import REPO, Captured, child_env, http_server
+
+pytestmark = pytest.mark.anyio
+
+VALUE = "sk-CANARY-typed-on-the-page-777777777777"
+TOKEN = "tok-CANARY-secure-input-88888888888"
+SERVICE = "svc_openai_001"
+ARGS = {"service_id": SERVICE, "credential_type": "bearer"}
+
+Elicit = Callable[[types.ElicitRequestURLParams], Awaitable[types.ElicitResult]]
+
+
+class Tap:
+    """Every MCP message in both directions, as JSON text."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@asynccontextmanager
+async def tapped(read: Any, write: Any, tap: Tap) -> AsyncIterator[tuple[Any, Any]]:
+    in_send, in_recv = anyio.create_memory_object_stream[SessionMessage | Exception](32)
+    out_send, out_recv = anyio.create_memory_object_stream[SessionMessage](32)
+
+    async def pump_in() -> None:
+        async with in_send:
+            async for msg in read:
+                if isinstance(msg, SessionMessage):
+                    tap.lines.append(msg.message.model_dump_json())
+                await in_send.send(msg)
+
+    async def pump_out() -> None:
+        async with out_recv:
+            async for msg in out_recv:
+                tap.lines.append(msg.message.model_dump_json())
+                await write.send(msg)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump_in)
+        tg.start_soon(pump_out)
+        yield in_recv, out_send
+        tg.cancel_scope.cancel()
+
+
+def callback(handler: Elicit, seen: list[types.ElicitRequestURLParams]) -> Any:
+    async def cb(ctx: RequestContext[Any, Any], params: Any) -> types.ElicitResult | types.ErrorData:
+        assert params.mode == "url", "form mode must never be used for the secret"
+        seen.append(params)
+        return await handler(params)
+
+    return cb
+
+
+@asynccontextmanager
+async def stdio_session(
+    tmp_path: Path, handler: Elicit | None, seen: list[types.ElicitRequestURLParams], tap: Tap, **env: str
+) -> AsyncIterator[tuple[ClientSession, Captured]]:
+    err = Captured()
+    params = StdioServerParameters(
+        command="python",
+        args=["-m", "danube_mcp", "--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input"],
+        env=child_env(**{"DANUBE_MCP_LOG_LEVEL": "DEBUG", "DANUBE_MCP_SECURE_INPUT_TTL": "20", **env}),
+        cwd=str(REPO),
+    )
+    import sys
+
+    params.command = sys.executable
+    kw: dict[str, Any] = {}
+    if handler is not None:
+        kw["elicitation_callback"] = callback(handler, seen)
+    async with (
+        stdio_client(params, errlog=err.file) as (read, write),
+        tapped(read, write, tap) as (r, w),
+        ClientSession(r, w, **kw) as session,
+    ):
+        await session.initialize()
+        yield session, err
+
+
+async def submit(url: str, value: str = VALUE, origin: str | None = "same") -> httpx.Response:
+    base = re.match(r"(https?://[^/]+)", url)
+    assert base is not None
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    if origin == "same":
+        headers["origin"] = base.group(1)
+    elif origin is not None:
+        headers["origin"] = origin
+    async with httpx.AsyncClient() as hc:
+        return await hc.post(
+            url, content=f"credential_value={httpx.QueryParams({'v': value})['v']}", headers=headers
+        )
+
+
+def stored_value(db: Path, service: str = SERVICE) -> str | None:
+    store = open_store(str(db))
+    try:
+        return store.reveal_for_tests(DEMO_API_KEY, service)
+    except Exception:
+        return None
+    finally:
+        store.close()
+
+
+def accepting_and_submitting(pages: list[httpx.Response], results: list[httpx.Response]) -> Elicit:
+    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
+        async with httpx.AsyncClient() as hc:
+            pages.append(await hc.get(params.url))
+
+        async def later() -> None:
+            results.append(await submit(params.url))
+
+        # Accept first (the user agreed to open the page), then "type" the value.
+        tg_holder["tg"].start_soon(later)
+        return types.ElicitResult(action="accept")
+
+    return handler
+
+
+tg_holder: dict[str, Any] = {}
+
+
+async def test_schema_makes_the_value_optional(tmp_path: Path) -> None:
+    async with stdio_session(tmp_path, None, [], Tap()) as (session, _):
+        tool = (await session.list_tools()).tools[0]
+    assert tool.inputSchema["required"] == ["service_id", "credential_type"]
+    assert "credential_value" in tool.inputSchema["properties"]
+    assert "omit credential_value" in (tool.description or "")
+
+
+async def test_value_entered_on_the_page_is_stored_and_never_in_mcp(tmp_path: Path) -> None:
+    seen: list[types.ElicitRequestURLParams] = []
+    pages: list[httpx.Response] = []
+    posts: list[httpx.Response] = []
+    tap = Tap()
+    async with anyio.create_task_group() as tg:
+        tg_holder["tg"] = tg
+        async with stdio_session(tmp_path, accepting_and_submitting(pages, posts), seen, tap) as (
+            session,
+            err,
+        ):
+            result = await session.call_tool("store_credential", ARGS)
+            # The link is single-use: a second submission and a second view are refused.
+            again = await submit(seen[0].url)
+            async with httpx.AsyncClient() as hc:
+                view_again = await hc.get(seen[0].url)
+            stderr = err.text()
+    assert result.isError is False, result
+    assert result.structuredContent is not None and result.structuredContent["service_id"] == SERVICE
+    assert seen[0].url.startswith("http://127.0.0.1:") and "/secure-input/" in seen[0].url
+    assert seen[0].elicitationId
+    page = pages[0]
+    assert page.status_code == 200
+    assert 'type="password"' in page.text and SERVICE in page.text
+    for header, value in (("cache-control", "no-store"), ("x-frame-options", "DENY")):
+        assert page.headers[header] == value
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert posts[0].status_code == 200 and "stored" in posts[0].text.lower()
+    assert VALUE not in posts[0].text and VALUE not in page.text
+    assert again.status_code == 410 and view_again.status_code == 410
+    assert stored_value(tmp_path / "s.db") == VALUE
+    assert VALUE not in tap.text() and VALUE not in stderr and VALUE not in result.model_dump_json()
+    completes = [json.loads(line) for line in tap.lines if "notifications/elicitation/complete" in line]
+    assert completes and completes[0]["params"]["elicitationId"] == seen[0].elicitationId
+
+
+@pytest.mark.parametrize("action", ["decline", "cancel"])
+async def test_decline_and_cancel_store_nothing(tmp_path: Path, action: str) -> None:
+    seen: list[types.ElicitRequestURLParams] = []
+
+    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
+        return types.ElicitResult(action=action)  # type: ignore[arg-type]
+
+    async with stdio_session(tmp_path, handler, seen, Tap()) as (session, _):
+        result = await session.call_tool("store_credential", ARGS)
+        late = await submit(seen[0].url)
+    verb = "declined" if action == "decline" else "cancelled"
+    assert result.isError is True and verb in result.content[0].text  # type: ignore[union-attr]
+    assert "Nothing was stored" in result.content[0].text  # type: ignore[union-attr]
+    assert late.status_code == 410
+    assert stored_value(tmp_path / "s.db") is None
+
+
+async def test_expiry_ends_the_call_cleanly(tmp_path: Path) -> None:
+    seen: list[types.ElicitRequestURLParams] = []
+
+    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept")  # and nobody ever submits
+
+    async with stdio_session(tmp_path, handler, seen, Tap(), DANUBE_MCP_SECURE_INPUT_TTL="1") as (session, _):
+        result = await session.call_tool("store_credential", ARGS)
+        late = await submit(seen[0].url)
+    assert result.isError is True and "expired" in result.content[0].text  # type: ignore[union-attr]
+    assert late.status_code == 410
+    assert stored_value(tmp_path / "s.db") is None
+
+
+async def test_foreign_origin_and_bad_input_are_refused_then_a_good_submit_works(tmp_path: Path) -> None:
+    seen: list[types.ElicitRequestURLParams] = []
+    outcomes: dict[str, httpx.Response] = {}
+
+    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
+        async def later() -> None:
+            outcomes["foreign"] = await submit(params.url, origin="http://evil.example")
+            outcomes["null"] = await submit(params.url, origin="null")
+            outcomes["empty"] = await submit(params.url, value="")
+            outcomes["newline"] = await submit(params.url, value=VALUE + "\n")
+            async with httpx.AsyncClient() as hc:
+                outcomes["put"] = await hc.put(params.url, content=b"credential_value=x")
+                outcomes["json"] = await hc.post(params.url, json={"credential_value": VALUE})
+            outcomes["good"] = await submit(params.url, origin=None)
+
+        tg_holder["tg"].start_soon(later)
+        return types.ElicitResult(action="accept")
+
+    async with anyio.create_task_group() as tg:
+        tg_holder["tg"] = tg
+        async with stdio_session(tmp_path, handler, seen, Tap()) as (session, _):
+            result = await session.call_tool("store_credential", ARGS)
+    assert outcomes["foreign"].status_code == 403 and outcomes["null"].status_code == 403
+    assert outcomes["empty"].status_code == 400 and outcomes["newline"].status_code == 400
+    assert outcomes["put"].status_code == 405 and outcomes["json"].status_code == 415
+    assert outcomes["good"].status_code == 200
+    for response in outcomes.values():
+        assert VALUE not in response.text
+    assert result.isError is False
+    assert stored_value(tmp_path / "s.db") == VALUE
+
+
+async def test_client_without_url_elicitation_gets_a_clear_error(tmp_path: Path) -> None:
+    async with stdio_session(tmp_path, None, [], Tap()) as (session, _):
+        result = await session.call_tool("store_credential", ARGS)
+        with_value = await session.call_tool("store_credential", {**ARGS, "credential_value": VALUE})
+    assert result.isError is True
+    assert "does not support secure input" in result.content[0].text  # type: ignore[union-attr]
+    assert with_value.isError is False  # passing the value still works
+
+
+@asynccontextmanager
+async def http_session(url: str, handler: Elicit | None, seen: list[Any]) -> AsyncIterator[ClientSession]:
+    kw: dict[str, Any] = {}
+    if handler is not None:
+        kw["elicitation_callback"] = callback(handler, seen)
+    async with (
+        httpx.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as hc,
+        streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
+        ClientSession(read, write, **kw) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+async def test_over_streamable_http_the_page_is_served_by_the_app(tmp_path: Path) -> None:
+    env = child_env(DANUBE_MCP_LOG_LEVEL="DEBUG", DANUBE_MCP_AUTH_TOKEN=TOKEN)
+    args = ("--transport", "http", "--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input")
+    seen: list[types.ElicitRequestURLParams] = []
+    pages: list[httpx.Response] = []
+    posts: list[httpx.Response] = []
+    with http_server(env, args) as srv:
+        async with anyio.create_task_group() as tg:
+            tg_holder["tg"] = tg
+            async with http_session(srv.url, accepting_and_submitting(pages, posts), seen) as session:
+                result = await session.call_tool("store_credential", ARGS)
+        stderr = srv.err.text()
+    assert result.isError is False, result
+    assert seen[0].url.startswith(srv.url + "/secure-input/")
+    assert pages[0].status_code == 200 and posts[0].status_code == 200  # no bearer token needed
+    assert stored_value(tmp_path / "s.db") == VALUE
+    assert VALUE not in stderr and TOKEN not in stderr
+
+
+async def test_stateless_http_cannot_elicit_and_says_so(tmp_path: Path) -> None:
+    env = child_env(DANUBE_MCP_AUTH_TOKEN=TOKEN)
+    args = (
+        "--transport",
+        "streamable-http",
+        "--stateless",
+        "--sandbox",
+        "--sandbox-db",
+        str(tmp_path / "s.db"),
+    )
+    seen: list[Any] = []
+
+    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept")
+
+    with http_server(env, (*args, "--secure-input")) as srv:
+        async with http_session(srv.url, handler, seen) as session:
+            result = await session.call_tool("store_credential", ARGS)
+    assert result.isError is True and "cannot open a secure input page" in result.content[0].text  # type: ignore[union-attr]
+    assert seen == []
+    assert stored_value(tmp_path / "s.db") is None

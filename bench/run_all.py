@@ -1,0 +1,224 @@
+"""Run every benchmark against one fake upstream, print one table (figure, ours, reference, ratio, target,
+pass/fail) and write the JSON results to bench/results/. Targets are reported, never asserted."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
+
+import cold_start
+import http_throughput
+import memory
+import overlap
+import stdio_calls
+from _common import (
+    FIGURE_HEADER,
+    NUMERIC_COLUMNS,
+    RESULTS,
+    Json,
+    add_common_args,
+    exit_on_sigterm,
+    figure_cells,
+    machine_busy_seconds,
+    make_parser,
+    own_cpu_seconds,
+    print_rows,
+    upstream,
+)
+
+SCRIPTS: dict[str, ModuleType] = {
+    "cold_start": cold_start,
+    "stdio_calls": stdio_calls,
+    "http_throughput": http_throughput,
+    "overlap": overlap,
+    "memory": memory,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    script: str
+    figure: str
+    text: str
+    check: Callable[[Json], bool]
+
+
+def _ours(limit: float, op: str = "<=") -> Callable[[Json], bool]:
+    ops: dict[str, Callable[[float, float], bool]] = {
+        "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b,
+        "==": lambda a, b: a == b,
+    }
+    return lambda f: ops[op](f["ours"], limit)
+
+
+def _ratio(limit: float, op: str) -> Callable[[Json], bool]:
+    return lambda f: f["ratio"] <= limit if op == "<=" else f["ratio"] >= limit
+
+
+def targets(args: argparse.Namespace) -> list[Target]:
+    return [
+        Target("cold_start", "cold start -> initialize", "<= 1.0x", _ratio(1.0, "<=")),
+        Target("cold_start", "exit after stdin EOF", "<= 60 ms", _ours(60)),
+        Target("stdio_calls", "server CPU per stdio call", "<= 0.6x", _ratio(0.6, "<=")),
+        Target("stdio_calls", "p50 overhead above direct POST", "<= 1.0 ms", _ours(1.0)),
+        Target("stdio_calls", "stderr bytes per ok call", "0 B", _ours(0, "==")),
+        Target("stdio_calls", "failed calls", "0", _ours(0, "==")),
+        Target("http_throughput", "HTTP calls/s, 32 sessions", ">= 1.5x", _ratio(1.5, ">=")),
+        Target("http_throughput", "HTTP errors, 32 sessions", "0", _ours(0, "==")),
+        Target("overlap", "HTTP new upstream conns per warm burst", "0", _ours(0, "==")),
+        Target("overlap", "stdio new upstream conns per warm burst", "0", _ours(0, "==")),
+        Target("overlap", "HTTP burst wall / serial bound", "<= 0.25x (ours)", _ours(0.25)),
+        Target("overlap", "HTTP failed calls in bursts", "0", _ours(0, "==")),
+        Target("memory", "idle RSS", "<= 1.05x", _ratio(1.05, "<=")),
+        Target("memory", f"RSS growth over {args.memory_calls} calls", "< 1 MiB", _ours(1.0, "<")),
+        Target("memory", "failed calls", "0", _ours(0, "==")),
+    ]
+
+
+def script_argv(name: str, args: argparse.Namespace) -> list[str]:
+    sizes: dict[str, list[str]] = {
+        "cold_start": ["--rounds", str(args.cold_rounds), "--importtime-runs", str(args.importtime_runs)],
+        "stdio_calls": ["--calls", str(args.stdio_calls), "--rounds", str(args.stdio_rounds)],
+        "http_throughput": ["--duration", str(args.http_duration), "--rounds", str(args.http_rounds)],
+        "overlap": ["--rounds", str(args.overlap_rounds)],
+        "memory": ["--calls", str(args.memory_calls)],
+    }
+    return sizes[name]
+
+
+HEADER = ["script", "figure", *FIGURE_HEADER, "target", "result"]
+
+
+def table(results: dict[str, Json], args: argparse.Namespace) -> list[list[str]]:
+    by_key = {(t.script, t.figure): t for t in targets(args)}
+    rows = []
+    for script, result in results.items():
+        if "error" in result:
+            rows.append([script, "FAILED TO RUN", *[""] * len(FIGURE_HEADER), "", "ERROR"])
+            continue
+        for name, f in result["figures"].items():
+            t = by_key.get((script, name))
+            verdict = ""
+            if t is not None:
+                try:
+                    verdict = "pass" if t.check(f) else "FAIL"
+                except (TypeError, KeyError):
+                    verdict = "?"
+            rows.append([script, name, *figure_cells(f), t.text if t else "", verdict])
+    return rows
+
+
+def finite(obj: object) -> object:
+    """JSON-safe copy: NaN and infinities become null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {str(k): finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def environment() -> Json:
+    info: Json = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
+    for pkg in ("mcp", "httpx", "uvicorn", "starlette", "pydantic", "anyio"):
+        with contextlib.suppress(PackageNotFoundError):
+            info[pkg] = version(pkg)
+    with contextlib.suppress(OSError):
+        info["loadavg_start"] = os.getloadavg()
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_common_args(parser)
+    parser.add_argument(
+        "--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS), help="scripts to run"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: a smoke run of the harness (~1 min)"
+    )
+    parser.add_argument("--cold-rounds", type=int, default=10)
+    parser.add_argument("--importtime-runs", type=int, default=3)
+    parser.add_argument("--stdio-calls", type=int, default=2000)
+    parser.add_argument("--stdio-rounds", type=int, default=6)
+    parser.add_argument("--http-duration", type=float, default=2.5)
+    parser.add_argument("--http-rounds", type=int, default=3)
+    parser.add_argument("--overlap-rounds", type=int, default=6)
+    parser.add_argument("--memory-calls", type=int, default=10_000)
+    parser.add_argument("--out", default=None, help="JSON file (default: bench/results/run-<time>.json)")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+    if args.quick:
+        args.cold_rounds, args.importtime_runs, args.stdio_calls, args.stdio_rounds = 4, 1, 400, 2
+        args.http_duration, args.http_rounds, args.overlap_rounds, args.memory_calls = 1.0, 1, 2, 1000
+
+    common = ["--server", args.server, "--reference", args.reference, "--http-args", args.http_args]
+    common += ["--http-path", args.http_path]
+    for e in args.env:
+        common += ["--env", e]
+    for h in args.header:
+        common += ["--header", h]
+
+    results: dict[str, Json] = {}
+    started = time.time()
+    busy0, own0 = machine_busy_seconds(), own_cpu_seconds()
+    with upstream(args.upstream) as up:
+        common += ["--upstream", up.url]
+        for name in args.only:
+            module = SCRIPTS[name]
+            sub = make_parser(module.TITLE, module.add_args).parse_args(common + script_argv(name, args))
+            print(f"[{time.time() - started:6.1f}s] {name} ...", file=sys.stderr, flush=True)
+            try:
+                results[name] = module.run(sub)
+            except Exception as exc:
+                traceback.print_exc()
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    elapsed = time.time() - started
+    foreign = max(0.0, (machine_busy_seconds() - busy0) - (own_cpu_seconds() - own0))
+
+    print(
+        f"\nours: {args.server}\nref:  {args.reference}\n(ratio = ours / ref, median of per-round pairs where paired)\n"
+    )
+    if foreign > 0.05 * elapsed:
+        print(
+            f"WARNING: other processes used {foreign:.1f} CPU-s during this {elapsed:.0f} s run "
+            f"({100 * foreign / elapsed:.0f}% of one core): figures are noisy, rerun on a quiet machine.\n"
+        )
+    rows = table(results, args)
+    print_rows(HEADER, rows, NUMERIC_COLUMNS)
+    if "cold_start" in results and "imports" in results["cold_start"]:
+        cold_start.print_imports(results["cold_start"])
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = args.out or str(RESULTS / f"run-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    payload = {
+        "command": shlex.join(sys.argv),
+        "ours": args.server,
+        "ref": args.reference,
+        "elapsed_s": elapsed,
+        "foreign_cpu_s": foreign,
+        "environment": environment(),
+        "table": [dict(zip(HEADER, r, strict=True)) for r in rows],
+        "results": results,
+    }
+    with open(out, "w") as f:
+        json.dump(finite(payload), f, indent=2, default=str)
+    print(f"\nwrote {out} ({elapsed:.0f} s)")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -52,7 +52,8 @@ SECURITY_HEADERS: Final = (
         b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
         b"frame-ancestors 'none'; base-uri 'none'",
     ),
-    (b"referrer-policy", b"no-referrer"),
+    # not "no-referrer": with it, browsers send "Origin: null" on the form POST, which is refused.
+    (b"referrer-policy", b"same-origin"),
     (b"x-content-type-options", b"nosniff"),
 )
 

@@ -1168,15 +1168,15 @@ def test_has_default_key() -> None:
 @pytest.mark.anyio
 async def test_many_calls_through_one_client() -> None:
     async with harness(ok()) as h:
-        http = h.client._http
+        http = h.client._client()
         for _ in range(5):
             await h.client.store_credential(REQ)
         async with anyio.create_task_group() as tg:
             for _ in range(10):
                 tg.start_soon(h.client.store_credential, REQ)
-        assert h.client._http is http
+        assert h.client._client() is http
     assert len(h.requests) == 15
-    assert http.is_closed
+    assert h.client.closed
 
 
 # --------------------------------------------------------------------------------------------

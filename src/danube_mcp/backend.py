@@ -12,6 +12,7 @@ from typing import Any
 
 from danube_mcp.config import Settings
 from danube_mcp.danube import DanubeClient
+from danube_mcp.tls import TrustRoots, prefetch_for
 
 logger = logging.getLogger("danube_mcp")
 
@@ -34,7 +35,9 @@ class Backend:
                 self._store = None
 
 
-def open_backend(settings: Settings, *, sandbox: bool = False, sandbox_db: str | None = None) -> Backend:
+def open_backend(
+    settings: Settings, *, sandbox: bool = False, sandbox_db: str | None = None, tls: TrustRoots | None = None
+) -> Backend:
     """Build the client (no I/O happens until the first call)."""
     if not sandbox:
         client = DanubeClient(
@@ -44,6 +47,7 @@ def open_backend(settings: Settings, *, sandbox: bool = False, sandbox_db: str |
             timeout=settings.timeout,
             max_retries=settings.max_retries,
             call_budget=settings.call_budget,
+            tls=tls if tls is not None else prefetch_for(settings.api_url),
         )
         return Backend(client, sandbox=False, api_key_problem=settings.api_key_problem)
 

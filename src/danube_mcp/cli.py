@@ -13,10 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from danube_mcp import __version__
-from danube_mcp.config import ConfigError, Settings, load_settings, parse_bool, parse_log_level
+
+if TYPE_CHECKING:
+    from danube_mcp.config import Settings
+    from danube_mcp.tls import TrustRoots
 
 logger = logging.getLogger("danube_mcp")
 
@@ -113,9 +116,12 @@ class RunOptions:
     sandbox: bool
     sandbox_db: str | None
     secure_input: bool = False
+    tls: TrustRoots | None = None
 
 
-def resolve(args: argparse.Namespace) -> RunOptions:
+def resolve(args: argparse.Namespace, tls: TrustRoots | None = None) -> RunOptions:
+    from danube_mcp.config import load_settings, parse_bool, parse_log_level
+
     settings = load_settings()
     log_level = (
         parse_log_level(args.log_level, "--log-level") if args.log_level is not None else settings.log_level
@@ -133,17 +139,21 @@ def resolve(args: argparse.Namespace) -> RunOptions:
         sandbox=sandbox,
         sandbox_db=sandbox_db,
         secure_input=secure_input,
+        tls=tls,
     )
 
 
 async def serve_stdio(opts: RunOptions) -> None:
+    from danube_mcp._lightimport import import_mcp_lightly
+
+    import_mcp_lightly()
     from danube_mcp.backend import open_backend
     from danube_mcp.secure_input import SecureInputBroker
     from danube_mcp.server import build_server
     from danube_mcp.stdio import claim_stdout, stdio_transport
 
     protocol_out = claim_stdout()
-    backend = open_backend(opts.settings, sandbox=opts.sandbox, sandbox_db=opts.sandbox_db)
+    backend = open_backend(opts.settings, sandbox=opts.sandbox, sandbox_db=opts.sandbox_db, tls=opts.tls)
     broker = SecureInputBroker(ttl=opts.settings.secure_input_ttl) if opts.secure_input else None
     try:
         server = build_server(
@@ -166,10 +176,35 @@ async def serve_stdio(opts: RunOptions) -> None:
         await backend.aclose()
 
 
+def _fast_exit(code: int) -> None:
+    """End a stdio server at once after its clean shutdown.
+
+    Everything that matters has been closed by then (the Danube client, the sandbox database, the
+    protocol stream); what is left is the interpreter tearing down some 700 modules, which a host
+    waiting for the process to exit would otherwise sit through.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tls = None
+    if not (args.sandbox or args.self_test):
+        from danube_mcp.config import DEFAULT_API_URL
+        from danube_mcp.tls import prefetch_for
+
+        # Start loading TLS trust roots now, in parallel with the imports below.
+        tls = prefetch_for(
+            os.environ.get("DANUBE_API_URL") or os.environ.get("DANUBE_BASE_URL") or DEFAULT_API_URL
+        )
+    from danube_mcp.config import ConfigError
+
     try:
-        opts = resolve(args)
+        opts = resolve(args, tls)
     except ConfigError as exc:
         print(f"danube-mcp: {exc}", file=sys.stderr)
         return 2
@@ -195,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if transport == "stdio":
             anyio.run(serve_stdio, opts)
+            # Only for the real command, and never under a profiler, debugger or coverage tool,
+            # which write their results at interpreter exit.
+            if argv is None and sys.getprofile() is None and sys.gettrace() is None:
+                _fast_exit(0)
             return 0
         from danube_mcp.http import HttpOptions, serve_http
 

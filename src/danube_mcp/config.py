@@ -169,6 +169,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         problem = "an unsubstituted placeholder such as ${DANUBE_API_KEY}"
     elif any(c in raw_key.strip() for c in "\r\n\x00"):
         raise ConfigError("DANUBE_API_KEY contains a line break or NUL character; copy the key again")
+    elif not (raw_key.strip().isascii() and raw_key.strip().isprintable()):
+        raise ConfigError(
+            "DANUBE_API_KEY contains characters an HTTP header cannot carry; copy the key again"
+        )
     else:
         api_key = SecretStr(raw_key.strip())
 

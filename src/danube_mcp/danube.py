@@ -8,11 +8,14 @@ text is written for the model and the person, with every secret scrubbed out of 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
+import ssl
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Final
 
@@ -20,7 +23,14 @@ import anyio
 import httpx
 
 from danube_mcp import __version__
-from danube_mcp.logs import contains_fragment
+from danube_mcp.logs import FRAGMENT
+from danube_mcp.tls import TrustRoots
+
+# httpcore runs `import sniffio` on every request to detect the async library. When sniffio is not
+# installed, each of those imports searches sys.path afresh (about 0.15 ms, several per call).
+# Recording the absence once gives httpcore the same answer ("asyncio") without the search.
+if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
 from danube_mcp.models import StoreRequest, StoreResult
 
 STORE_PATH: Final = "/v1/credentials/store"
@@ -43,32 +53,68 @@ def _variants(secret: str) -> set[str]:
     return {v for v in out if v}
 
 
-def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """Replace every occurrence of each secret with a fixed marker.
+class Scrubber:
+    """Removes a call's secrets from text that came from the upstream.
 
-    If, after that, a fragment of a secret is still present (an upstream that echoes a truncated
-    value, say), the text is dropped altogether rather than risk passing part of a secret on.
+    Every occurrence (raw or JSON-escaped) becomes a fixed marker. If a fragment of a secret is
+    still present after that (an upstream that echoes a truncated value, say), the text is dropped
+    altogether rather than risk passing part of a secret on. Built once per call.
     """
-    live = [s for s in secrets if s]
-    for secret in sorted(live, key=len, reverse=True):
-        for variant in _variants(secret):
-            text = text.replace(variant, REDACTED)
-    for secret in live:
-        if contains_fragment(text, secret):
+
+    __slots__ = ("_grams", "_lenient", "_live", "_variants", "known")
+
+    def __init__(
+        self, secrets: Iterable[str | None], *, known: Iterable[str] = (), min_length: int = 1
+    ) -> None:
+        live = [s for s in secrets if s and len(s) >= min_length]
+        self._live = live
+        self._lenient: Scrubber | None = None
+        # Values the caller sent itself (service id, type): an answer that echoes them is fine.
+        self.known = frozenset(known)
+        self._variants = sorted({v for s in live for v in _variants(s)}, key=len, reverse=True)
+        # Every FRAGMENT-long piece of each long-enough secret (see logs.contains_fragment).
+        self._grams = frozenset(
+            s[i : i + FRAGMENT] for s in live if len(s) >= 2 * FRAGMENT for i in range(len(s) - FRAGMENT + 1)
+        )
+
+    def __call__(self, text: str) -> str:
+        for variant in self._variants:
+            if variant in text:
+                text = text.replace(variant, REDACTED)
+        grams = self._grams
+        if grams and any(text[i : i + FRAGMENT] in grams for i in range(len(text) - FRAGMENT + 1)):
             return REDACTED
-    return text
+        return text
+
+    def for_fields(self) -> Scrubber:
+        """For the fields of a successful answer (a service name, say): only secrets of at least
+        FRAGMENT characters are looked for, so a short credential that happens to occur in a
+        service's name does not mangle it. Error texts always get the full scrub."""
+        if self._lenient is None:
+            self._lenient = Scrubber(self._live, known=self.known, min_length=FRAGMENT)
+        return self._lenient
+
+    def __repr__(self) -> str:
+        return "Scrubber(...)"
 
 
-def _clean_message(text: str, secrets: Iterable[str | None]) -> str:
-    live = [s for s in secrets if s]
+def scrub(text: str, secrets: Iterable[str | None]) -> str:
+    """Remove ``secrets`` from ``text`` (see :class:`Scrubber`)."""
+    return Scrubber(secrets)(text)
+
+
+def _clean_message(text: str, scrubber: Scrubber) -> str:
+    """One bounded, printable line with no secret in it."""
     # Scrub before reshaping: collapsing whitespace could otherwise break an exact match.
-    text = scrub(str(text), live)
-    text = " ".join(text.split())  # one line: no newlines or control runs
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    text = scrub(text, live)
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
-    return text
+    raw = scrubber(str(text))
+    line = " ".join(raw.split())  # one line: no newlines or control runs
+    if not line.isprintable():
+        line = "".join(ch if ch.isprintable() else "?" for ch in line)
+    if line != raw:
+        line = scrubber(line)
+    if len(line) > MAX_MESSAGE_CHARS:
+        line = line[: MAX_MESSAGE_CHARS - 3] + "..."
+    return line
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,28 +310,31 @@ class DanubeClient:
         call_budget: float = 25.0,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 128,
+        tls: TrustRoots | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.timeout = timeout
         self.max_retries = max_retries
         self.call_budget = call_budget
-        headers = {"user-agent": USER_AGENT, "accept": "application/json"}
+        headers = [(b"user-agent", USER_AGENT.encode()), (b"accept", b"application/json")]
         if org_id:
-            headers["danube-org-id"] = org_id
-        self._url = self.base_url + STORE_PATH
-        self._http = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
-            ),
-            follow_redirects=False,  # a redirect must never carry the key elsewhere
-            transport=transport,
-            trust_env=False,
+            headers.append((b"danube-org-id", org_id.encode()))
+        self._base_headers = headers
+        self._url = httpx.URL(self.base_url + STORE_PATH)
+        self._timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0)).as_dict()
+        self._limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,  # keep every connection a burst opened
+            keepalive_expiry=30.0,
         )
+        self._tls = tls
+        # The connection pool is used directly, not through httpx.AsyncClient: this client needs
+        # none of its cookie jar, auth flow, redirect handling or event hooks (redirects must not
+        # be followed anyway, so the key never travels elsewhere), and they cost CPU on every call.
+        # Created on first use: building it loads TLS trust roots, which start-up need not wait for.
+        self._transport: httpx.AsyncBaseTransport | None = transport
+        self.closed = False
         # Injectable for tests: the sleep between retries and the jitter source.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         self._random: Callable[[], float] = random.random
@@ -297,8 +346,27 @@ class DanubeClient:
     def __repr__(self) -> str:
         return f"DanubeClient(base_url={self.base_url!r}, api_key={'set' if self._api_key else 'unset'})"
 
+    def _client(self) -> httpx.AsyncBaseTransport:
+        transport = self._transport
+        if transport is None:
+            if self.closed:
+                raise ConnectionFailed("The Danube client has been closed (the server is shutting down).")
+            verify: ssl.SSLContext | bool = True
+            if self.base_url.startswith("http://"):
+                # Plain HTTP (loopback only, see config): no trust roots to load. A context with
+                # none fails closed should TLS ever be attempted.
+                verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            elif self._tls is not None:
+                verify = self._tls.context()
+            transport = self._transport = httpx.AsyncHTTPTransport(
+                verify=verify, limits=self._limits, trust_env=False, retries=0
+            )
+        return transport
+
     async def aclose(self) -> None:
-        await self._http.aclose()
+        self.closed = True
+        if self._transport is not None:
+            await self._transport.aclose()
 
     async def __aenter__(self) -> DanubeClient:
         return self
@@ -313,9 +381,15 @@ class DanubeClient:
         key = api_key if api_key is not None else self._api_key
         if not key:
             raise MissingApiKey("No Danube API key is configured.")
-        secrets = (key, request.credential_value)
+        secrets = Scrubber(
+            (key, request.credential_value), known=(request.service_id, request.credential_type)
+        )
         body = json.dumps(request.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
-        headers = {"danube-api-key": key, "content-type": "application/json"}
+        headers = [
+            *self._base_headers,
+            (b"danube-api-key", key.encode()),
+            (b"content-type", b"application/json"),
+        ]
 
         deadline = time.monotonic() + self.call_budget
         attempt = 0
@@ -345,8 +419,8 @@ class DanubeClient:
     async def _attempt(
         self,
         body: bytes,
-        headers: Mapping[str, str],
-        secrets: tuple[str, str],
+        headers: list[tuple[bytes, bytes]],
+        secrets: Scrubber,
         limit: float,
         attempt: int,
     ) -> StoreResult:
@@ -354,10 +428,10 @@ class DanubeClient:
             raise UpstreamTimeout(self._timeout_message(), attempts=attempt)
         try:
             with anyio.fail_after(limit):
-                response = await self._http.send(
-                    self._http.build_request("POST", self._url, content=body, headers=headers),
-                    stream=True,
+                request = httpx.Request(
+                    "POST", self._url, headers=headers, content=body, extensions={"timeout": self._timeouts}
                 )
+                response = await self._client().handle_async_request(request)
                 try:
                     raw, too_big = await self._read_capped(response)
                 finally:
@@ -390,7 +464,7 @@ class DanubeClient:
     # ----------------------------------------------------------------------------------------
 
     def _interpret(
-        self, response: httpx.Response, raw: bytes, too_big: bool, secrets: tuple[str, str]
+        self, response: httpx.Response, raw: bytes, too_big: bool, secrets: Scrubber
     ) -> StoreResult:
         status = response.status_code
         if 200 <= status < 300:
@@ -489,7 +563,7 @@ class DanubeClient:
             )
         raise DanubeError(f"Danube rejected the request (HTTP {status}){said}.", **kw)
 
-    def _success(self, status: int, data: Any, secrets: tuple[str, str]) -> StoreResult:
+    def _success(self, status: int, data: Any, secrets: Scrubber) -> StoreResult:
         if not isinstance(data, dict):
             raise MalformedResponse(
                 f"Danube's answer (HTTP {status}) was not a JSON object. " + _UNKNOWN_OUTCOME, status=status
@@ -518,7 +592,7 @@ class DanubeClient:
                     f"Danube's answer (HTTP {status}) lacked a valid '{name}' field. " + _UNKNOWN_OUTCOME,
                     status=status,
                 )
-            fields[name] = _clean_message(value, secrets)
+            fields[name] = value if value in secrets.known else _clean_message(value, secrets.for_fields())
         stored_as = data.get("stored_as")
         notice = data.get("notice")
         deprecated = data.get("deprecated")
@@ -526,7 +600,7 @@ class DanubeClient:
             service_id=fields["service_id"],
             service_name=fields["service_name"],
             credential_type=fields["credential_type"],
-            stored_as=_clean_message(stored_as, secrets) if isinstance(stored_as, str) else None,
+            stored_as=_clean_message(stored_as, secrets.for_fields()) if isinstance(stored_as, str) else None,
             notice=_clean_message(notice, secrets) if isinstance(notice, str) and notice.strip() else None,
             deprecated=deprecated if isinstance(deprecated, bool) else None,
         )

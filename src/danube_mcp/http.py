@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -294,6 +295,31 @@ async def _buffer_body(scope: Scope, receive: Receive, limit: int) -> bytes | No
     return b"".join(chunks)
 
 
+def _json_ok(body: bytes) -> bool:
+    """Strict UTF-8 JSON with sane nesting (an empty body is left to the SDK to refuse)."""
+    if not body.strip():
+        return True
+    try:
+        json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+_SESSION_ID = re.compile(
+    rb"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
+
+
+def _session_param_ok(scope: Scope) -> bool:
+    """True if the ``session_id`` query parameter is absent or looks like a UUID."""
+    for part in scope.get("query_string", b"").split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == b"session_id":
+            return _SESSION_ID.match(value) is not None
+    return True
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     sent = False
 
@@ -490,6 +516,10 @@ class DanubeHttpApp:
             if body is None:
                 await _send_json(send, 413, _jsonrpc_error(-32600, "Request body too large"))
                 return
+            if path != HEALTH_PATH and not _json_ok(body):
+                # The SDK answers invalid UTF-8 or absurdly deep JSON with a 500 and a traceback.
+                await _send_json(send, 400, _jsonrpc_error(-32700, "Parse error: the body is not valid JSON"))
+                return
             receive = _replay(body, receive)
 
         if path in (MCP_PATH, MCP_PATH + "/") and self.session_manager is not None:
@@ -497,6 +527,11 @@ class DanubeHttpApp:
         elif path == SSE_PATH and self.sse is not None:
             await self._serve_sse(scope, receive, send)
         elif path == MESSAGES_PATH and self.sse is not None:
+            if not _session_param_ok(scope):
+                # Checked here because the SDK logs a malformed session id verbatim.
+                await _drain(receive)
+                await _send_json(send, 400, _jsonrpc_error(-32600, "Invalid session ID"))
+                return
             await self.sse.handle_post_message(scope, receive, _sanitising_send(send))
         else:
             await _drain(receive)

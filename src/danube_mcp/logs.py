@@ -139,7 +139,8 @@ class RedactingFilter(logging.Filter):
             rest = message + (record.exc_text or "")
             if any(contains_fragment(rest, s) for s in secrets):
                 return False  # part of a secret (an upstream echo, say): drop the whole line
-        record.msg = message
+        # One event, one line: text that came from outside (a header, a query) cannot forge more.
+        record.msg = message.replace("\r", "\\r").replace("\n", "\\n")
         record.args = None
         return True
 

@@ -16,8 +16,9 @@ CREDENTIAL_TYPES: Final = ("bearer", "api_key")
 MAX_SERVICE_ID = 256
 MAX_CREDENTIAL_VALUE = 16384
 
-# C0/C1 controls, DEL, and lone surrogates (which cannot be encoded as UTF-8).
-_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0/C1 controls, DEL, the Unicode line and paragraph separators, and lone surrogates (which
+# cannot be encoded as UTF-8).
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # Argument names that are safe to quote in an error: short, letters and separators only.
 _PLAIN_NAME = re.compile(r"^[A-Za-z][A-Za-z_-]{0,31}$")
 _REFERENCE = re.compile(r"^(?:vault://[^\s/#]+/[^\s#]+#[^\s#]+|env://[A-Za-z_][A-Za-z0-9_]*)$")

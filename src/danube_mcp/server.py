@@ -232,10 +232,12 @@ class StoreCredentialTool:
         else:
             logger.info("store_credential: stored %s for a service", result.credential_type)
             summary = self._prefix + summary_text(result)
+            # model_construct: every field is built here from checked values, so pydantic's
+            # validation (three models per call) would only repeat work on the hot path.
             return (
-                types.ServerResult(
-                    types.CallToolResult(
-                        content=[types.TextContent(type="text", text=summary)],
+                types.ServerResult.model_construct(
+                    root=types.CallToolResult.model_construct(
+                        content=[types.TextContent.model_construct(type="text", text=summary)],
                         structuredContent=result.structured(sandbox=self.sandbox),
                         isError=False,
                     )

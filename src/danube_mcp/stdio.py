@@ -7,8 +7,10 @@ Written for this server rather than taken from the SDK (``mcp.server.stdio``) be
   library writing to stdout can never corrupt the stream.
 * Malformed input gets the answer JSON-RPC requires (``-32700`` parse error, ``-32600`` invalid
   request, ``-32601`` unknown method) instead of an error log line that quotes the input.
-* Lines are size-limited, and reading and writing happen in two daemon threads, so a blocked pipe
-  never stalls the event loop and the process exits at once when stdin closes.
+* Lines are size-limited. On POSIX, when stdin and stdout are pipes (as hosts start servers), they
+  are read and written by the event loop itself, with no thread hand-offs on the hot path; anywhere
+  else (Windows, a terminal, a file) two daemon threads do it. Either way a client that stops
+  reading never stalls the loop, and the process exits at once when stdin closes.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import contextlib
 import json
 import os
 import queue
+import stat
 import sys
 import threading
 import typing
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO, Final
 
@@ -72,22 +76,66 @@ def _request_id(obj: Any) -> Any:
 
 
 def classify_line(line: bytes) -> SessionMessage | bytes | None:
-    """Parse one input line: a message for the session, an error line to answer with, or None."""
+    """Parse one input line: a message for the session, an error line to answer with, or None.
+
+    Follows JSON-RPC 2.0: invalid JSON gets -32700 (id null); a request that is not a valid
+    Request object gets -32600; a request whose params are not an object gets -32602; a
+    notification, or a response, is never answered, however malformed.
+    """
     if not line.strip():
         return None
     try:
-        return SessionMessage(types.JSONRPCMessage.model_validate_json(line))
-    except ValidationError:
-        pass
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+        message = types.JSONRPCMessage.model_validate_json(line)
+    except (ValidationError, RecursionError):
+        message = None
+    if message is not None:
+        # The SDK's model takes a request whose id is null, boolean, fractional or structured
+        # for a notification (extra fields are allowed); JSON-RPC calls it an invalid request.
+        if isinstance(message.root, types.JSONRPCNotification) and b'"id"' in line:
+            obj = _loads(line)
+            if isinstance(obj, dict) and "id" in obj:
+                return _error_line(-32600, "Invalid Request: id must be a string or an integer")
+        return SessionMessage(message)
+    obj = _loads(line)
+    if obj is _INVALID:
         return _error_line(-32700, "Parse error: the line is not valid JSON")
+    if isinstance(obj, list):
+        return _error_line(-32600, "Invalid Request: batches are not supported")
+    if not isinstance(obj, dict):
+        return _error_line(-32600, "Invalid Request: not a JSON-RPC 2.0 message")
     rid = _request_id(obj)
-    is_call = isinstance(obj, dict) and obj.get("jsonrpc") == "2.0" and isinstance(obj.get("method"), str)
-    if is_call and "id" not in obj:
+    if not isinstance(obj.get("method"), str):
+        if "result" in obj or "error" in obj:
+            return None  # a response we cannot use: answering it could start an endless exchange
+        return _error_line(-32600, "Invalid Request: not a JSON-RPC 2.0 message", rid)
+    if "id" not in obj:
         return None  # a malformed notification gets no answer
-    return _error_line(-32600, "Invalid Request: not a JSON-RPC 2.0 message", rid)
+    if obj.get("jsonrpc") != "2.0":
+        return _error_line(-32600, "Invalid Request: not a JSON-RPC 2.0 message", rid)
+    if rid is None:
+        return _error_line(-32600, "Invalid Request: id must be a string or an integer")
+    params = obj.get("params")
+    if isinstance(params, list):  # valid JSON-RPC, but MCP's params are always an object
+        return _error_line(-32602, "Invalid params: params must be an object", rid)
+    if params is not None and not isinstance(params, dict):  # JSON-RPC: params must be structured
+        return _error_line(-32600, "Invalid Request: not a JSON-RPC 2.0 message", rid)
+    # Well-formed, yet refused by pydantic's JSON parser (an escaped lone surrogate, say): let
+    # the request through from the decoded object, so the tool can say what is wrong.
+    try:
+        return SessionMessage(types.JSONRPCMessage.model_validate(obj))
+    except (ValidationError, RecursionError):
+        return _error_line(-32600, "Invalid Request: not a valid MCP message", rid)
+
+
+_INVALID: Final = object()
+
+
+def _loads(line: bytes) -> Any:
+    """Strict JSON: UTF-8 only (no encoded surrogates), bounded nesting; ``_INVALID`` otherwise."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _INVALID
 
 
 def _unknown_method(message: SessionMessage) -> bytes | None:
@@ -97,6 +145,222 @@ def _unknown_method(message: SessionMessage) -> bytes | None:
     return None
 
 
+class _LineSplitter:
+    """Splits a byte stream into lines; a line over the limit is dropped and reported instead."""
+
+    def __init__(self, on_line: Callable[[bytes], None], on_too_long: Callable[[], None]) -> None:
+        self._on_line = on_line
+        self._on_too_long = on_too_long
+        self._buf = bytearray()
+        self._skipping = False
+
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            piece = chunk[start:] if nl < 0 else chunk[start:nl]
+            if not self._skipping:
+                self._buf += piece
+                if len(self._buf) > MAX_LINE_BYTES:
+                    self._buf.clear()
+                    self._skipping = True
+                    self._on_too_long()
+            if nl < 0:
+                return
+            if not self._skipping:
+                self._on_line(bytes(self._buf))
+            self._buf.clear()
+            self._skipping = False
+            start = nl + 1
+
+    def finish(self) -> None:
+        if self._buf and not self._skipping:
+            self._on_line(bytes(self._buf))
+        self._buf.clear()
+
+
+TOO_LARGE: Final = _error_line(-32600, "Invalid Request: message too large")
+
+
+class _PipeIO:
+    """stdin and stdout as asyncio pipes (POSIX): no threads, no cross-thread wake-ups."""
+
+    class _In(asyncio.Protocol):
+        def __init__(self, io: _PipeIO) -> None:
+            self.io = io
+
+        def data_received(self, data: bytes) -> None:
+            self.io._splitter.feed(data)
+            if len(self.io._lines) > 256 and not self.io._paused:
+                self.io._paused = True
+                assert self.io._in_transport is not None
+                self.io._in_transport.pause_reading()  # back-pressure on a flood of input
+
+        def eof_received(self) -> bool:
+            self.io._splitter.finish()
+            self.io._end()
+            return False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.io._end()
+
+    class _Out(asyncio.Protocol):
+        def __init__(self, io: _PipeIO) -> None:
+            self.io = io
+
+        def pause_writing(self) -> None:
+            self.io._writable.clear()
+
+        def resume_writing(self) -> None:
+            self.io._writable.set()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.io._out_closed = True
+            self.io._writable.set()
+
+    def __init__(self) -> None:
+        self._lines: deque[bytes] = deque()
+        self._ready = asyncio.Event()
+        self._eof = False
+        self._paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._out_closed = False
+        self._in_transport: asyncio.ReadTransport | None = None
+        self._out_transport: asyncio.WriteTransport | None = None
+        self._splitter = _LineSplitter(self._push, lambda: self.write(TOO_LARGE))
+
+    async def open(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        loop = asyncio.get_running_loop()
+        self._in_transport, _ = await loop.connect_read_pipe(lambda: self._In(self), stdin)
+        try:
+            self._out_transport, _ = await loop.connect_write_pipe(lambda: self._Out(self), stdout)
+        except BaseException:
+            self._in_transport.close()
+            raise
+
+    def _push(self, line: bytes) -> None:
+        self._lines.append(line)
+        self._ready.set()
+
+    def _end(self) -> None:
+        self._eof = True
+        self._ready.set()
+
+    async def next_line(self) -> bytes | None:
+        while not self._lines:
+            if self._eof:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        if self._paused and len(self._lines) < 64:
+            self._paused = False
+            assert self._in_transport is not None
+            self._in_transport.resume_reading()
+        return self._lines.popleft()
+
+    def write(self, data: bytes) -> None:
+        if not self._out_closed and self._out_transport is not None:
+            self._out_transport.write(data)
+
+    async def drain(self) -> None:
+        await self._writable.wait()
+
+    async def close(self) -> None:
+        out = self._out_transport
+        if out is not None and not self._out_closed:
+            with anyio.move_on_after(2.0, shield=True):  # never hang on a client that stopped reading
+                while out.get_write_buffer_size() and not self._out_closed:
+                    self._writable.clear()
+                    await asyncio.sleep(0.005)
+            out.close()
+        if self._in_transport is not None:
+            self._in_transport.close()
+
+
+class _ThreadIO:
+    """stdin and stdout through two daemon threads: for Windows, terminals and regular files."""
+
+    def __init__(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        self._in_fd = stdin.fileno()
+        self._out = stdout
+        self._loop = asyncio.get_running_loop()
+        self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._room = threading.Semaphore(256)  # back-pressure on a flood of input lines
+        self._out_queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._splitter = _LineSplitter(self._push, lambda: self.write(TOO_LARGE))
+        self._reader = threading.Thread(target=self._read, name="danube-mcp-stdin", daemon=True)
+        self._writer = threading.Thread(target=self._write, name="danube-mcp-stdout", daemon=True)
+        self._reader.start()
+        self._writer.start()
+
+    def _push(self, line: bytes) -> None:  # reader thread
+        self._room.acquire()
+        self._loop.call_soon_threadsafe(self._incoming.put_nowait, line)
+
+    def _read(self) -> None:
+        try:
+            while chunk := os.read(self._in_fd, _READ_CHUNK):
+                self._splitter.feed(chunk)
+            self._splitter.finish()
+        except (OSError, RuntimeError):
+            pass  # stdin closed, or the loop is gone: either way, input is over
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._incoming.put_nowait, None)
+
+    def _write(self) -> None:
+        while (data := self._out_queue.get()) is not None:
+            try:
+                self._out.write(data)
+                self._out.flush()
+            except (OSError, ValueError):
+                return  # the client went away: nothing more can be said
+
+    async def next_line(self) -> bytes | None:
+        line = await self._incoming.get()
+        if line is not None:
+            self._room.release()
+        return line
+
+    def write(self, data: bytes) -> None:
+        self._out_queue.put(data)
+
+    async def drain(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._out_queue.put(None)
+        # A plain join: the queue is short by now, and a worker thread would cost more to start.
+        self._writer.join(2.0)
+
+
+def _pipe_capable(*files: BinaryIO) -> bool:
+    if sys.platform == "win32":
+        return False
+    for f in files:
+        try:
+            mode = os.fstat(f.fileno()).st_mode
+        except (OSError, ValueError):
+            return False
+        # Pipes and sockets only: O_NONBLOCK on a shared terminal would upset the shell after
+        # exit, and epoll cannot watch regular files.
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return False
+    return True
+
+
+async def _open_io(stdin: BinaryIO, stdout: BinaryIO) -> _PipeIO | _ThreadIO:
+    if _pipe_capable(stdin, stdout):
+        pipes = _PipeIO()
+        try:
+            await pipes.open(stdin, stdout)
+            return pipes
+        except (OSError, ValueError, NotImplementedError):
+            pass
+    return _ThreadIO(stdin, stdout)
+
+
 @asynccontextmanager
 async def stdio_transport(
     stdin: BinaryIO | None = None, stdout: BinaryIO | None = None
@@ -104,78 +368,22 @@ async def stdio_transport(
     tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 ]:
     """Yield the (read, write) stream pair that ``Server.run`` expects."""
-    in_fd = (stdin or sys.stdin.buffer).fileno()
-    out = stdout or sys.stdout.buffer
-    loop = asyncio.get_running_loop()
-
+    io = await _open_io(stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](64)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](64)
-    out_queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-    incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
-    room = threading.Semaphore(256)  # back-pressure on a flood of input lines
-
-    def reader() -> None:
-        buf = bytearray()
-        skipping = False
-        try:
-            while True:
-                chunk = os.read(in_fd, _READ_CHUNK)
-                if not chunk:
-                    break
-                start = 0
-                while True:
-                    nl = chunk.find(b"\n", start)
-                    piece = chunk[start:] if nl < 0 else chunk[start:nl]
-                    if not skipping:
-                        buf += piece
-                        if len(buf) > MAX_LINE_BYTES:
-                            buf.clear()
-                            skipping = True
-                            out_queue.put(_error_line(-32600, "Invalid Request: message too large"))
-                    if nl < 0:
-                        break
-                    if not skipping:
-                        room.acquire()
-                        loop.call_soon_threadsafe(incoming.put_nowait, bytes(buf))
-                    buf.clear()
-                    skipping = False
-                    start = nl + 1
-            if buf and not skipping:
-                room.acquire()
-                loop.call_soon_threadsafe(incoming.put_nowait, bytes(buf))
-        except (OSError, RuntimeError):
-            pass  # stdin closed, or the loop is gone: either way, input is over
-        finally:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(incoming.put_nowait, None)
-
-    def writer() -> None:
-        while True:
-            data = out_queue.get()
-            if data is None:
-                return
-            try:
-                out.write(data)
-                out.flush()
-            except (OSError, ValueError):
-                return  # the client went away: nothing more can be said
 
     async def pump_in() -> None:
         async with read_send:
-            while True:
-                line = await incoming.get()
-                if line is None:
-                    return
-                room.release()
+            while (line := await io.next_line()) is not None:
                 parsed = classify_line(line)
                 if parsed is None:
                     continue
                 if isinstance(parsed, bytes):
-                    out_queue.put(parsed)
+                    io.write(parsed)
                     continue
                 rejected = _unknown_method(parsed)
                 if rejected is not None:
-                    out_queue.put(rejected)
+                    io.write(rejected)
                     continue
                 await read_send.send(parsed)
 
@@ -185,16 +393,13 @@ async def stdio_transport(
         try:
             async with write_recv:
                 async for message in write_recv:
-                    out_queue.put(
+                    io.write(
                         message.message.model_dump_json(by_alias=True, exclude_none=True).encode() + b"\n"
                     )
+                    await io.drain()
         finally:
             out_done.set()
 
-    reader_thread = threading.Thread(target=reader, name="danube-mcp-stdin", daemon=True)
-    writer_thread = threading.Thread(target=writer, name="danube-mcp-stdout", daemon=True)
-    reader_thread.start()
-    writer_thread.start()
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump_in)
@@ -207,6 +412,4 @@ async def stdio_transport(
                     await out_done.wait()
                 tg.cancel_scope.cancel()
     finally:
-        out_queue.put(None)
-        # Let queued answers reach the client; never hang on a client that stopped reading.
-        await anyio.to_thread.run_sync(writer_thread.join, 2.0, abandon_on_cancel=True)
+        await io.close()

@@ -58,30 +58,42 @@ class Scrubber:
 
     Every occurrence (raw or JSON-escaped) becomes a fixed marker. If a fragment of a secret is
     still present after that (an upstream that echoes a truncated value, say), the text is dropped
-    altogether rather than risk passing part of a secret on. Built once per call.
+    altogether rather than risk passing part of a secret on. One per call; what it needs is
+    computed on first use, once.
     """
 
-    __slots__ = ("_grams", "_lenient", "_live", "_variants", "known")
+    __slots__ = ("_grams", "_lenient", "_secrets", "_variants", "known")
 
     def __init__(
-        self, secrets: Iterable[str | None], *, known: Iterable[str] = (), min_length: int = 1
+        self, secrets: Iterable[str | None], *, known: Iterable[str] = (), _lenient: bool = False
     ) -> None:
-        live = [s for s in secrets if s and len(s) >= min_length]
-        self._live = live
-        self._lenient: Scrubber | None = None
+        self._secrets = [s for s in secrets if s]
         # Values the caller sent itself (service id, type): an answer that echoes them is fine.
         self.known = frozenset(known)
-        self._variants = sorted({v for s in live for v in _variants(s)}, key=len, reverse=True)
+        self._variants: list[str] | None = None
+        self._grams: frozenset[str] | None = None
+        self._lenient: Scrubber | bool = _lenient
+
+    def _prepare(self) -> tuple[list[str], frozenset[str]]:
+        secrets = self._secrets
+        if self._lenient is True:
+            secrets = [s for s in secrets if len(s) >= FRAGMENT]
+        self._variants = sorted({v for s in secrets for v in _variants(s)}, key=len, reverse=True)
         # Every FRAGMENT-long piece of each long-enough secret (see logs.contains_fragment).
         self._grams = frozenset(
-            s[i : i + FRAGMENT] for s in live if len(s) >= 2 * FRAGMENT for i in range(len(s) - FRAGMENT + 1)
+            s[i : i + FRAGMENT]
+            for s in secrets
+            if len(s) >= 2 * FRAGMENT
+            for i in range(len(s) - FRAGMENT + 1)
         )
+        return self._variants, self._grams
 
     def __call__(self, text: str) -> str:
-        for variant in self._variants:
+        variants, grams = (self._variants, self._grams) if self._variants is not None else self._prepare()
+        assert grams is not None
+        for variant in variants:
             if variant in text:
                 text = text.replace(variant, REDACTED)
-        grams = self._grams
         if grams and any(text[i : i + FRAGMENT] in grams for i in range(len(text) - FRAGMENT + 1)):
             return REDACTED
         return text
@@ -90,8 +102,8 @@ class Scrubber:
         """For the fields of a successful answer (a service name, say): only secrets of at least
         FRAGMENT characters are looked for, so a short credential that happens to occur in a
         service's name does not mangle it. Error texts always get the full scrub."""
-        if self._lenient is None:
-            self._lenient = Scrubber(self._live, known=self.known, min_length=FRAGMENT)
+        if not isinstance(self._lenient, Scrubber):
+            self._lenient = Scrubber(self._secrets, known=self.known, _lenient=True)
         return self._lenient
 
     def __repr__(self) -> str:

@@ -25,9 +25,7 @@ from hypothesis import strategies as st
 from danube_mcp import __version__
 from danube_mcp.danube import (
     BACKOFF_CAP,
-    MAX_MESSAGE_CHARS,
     MAX_RESPONSE_BYTES,
-    REDACTED,
     RETRY_AFTER_CAP,
     AuthenticationFailed,
     ConnectionFailed,
@@ -42,9 +40,9 @@ from danube_mcp.danube import (
     StoreRefused,
     UpstreamTimeout,
     ValidationFailed,
-    scrub,
 )
 from danube_mcp.models import StoreRequest, StoreResult
+from danube_mcp.redact import MAX_MESSAGE_CHARS, REDACTED, scrub
 
 BASE = "https://danube.test"
 KEY = "sk-CANARY-KEY-7f3a9c2e41b8d6057a1c3e9f"  # 40 characters

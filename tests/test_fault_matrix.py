@@ -772,8 +772,8 @@ def render_doc(cases: tuple[Case, ...] = CASES) -> str:
         "out at 1 s, attempt 2 ends by 2.5 s, and the next backoff would end past the budget.",
         "",
         "Result: `ok` is a normal tool result; otherwise `isError: true` and the error class the "
-        "server logs. Rows marked **known bug** state the correct behaviour and are expected to "
-        "fail (strict xfail) until the server is fixed.",
+        "server logs. A row marked **known bug** would state the correct behaviour and be expected "
+        "to fail (strict xfail) until the server is fixed; there are none at present.",
         "",
         "| Fault | Result | Attempts | Message contains | HTTP | Why |",
         "|---|---|---|---|---|---|",
@@ -795,6 +795,19 @@ def test_doc_table_matches_the_rows() -> None:
     assert DOC.read_text(encoding="utf-8") == render_doc(), (
         "docs/fault-matrix.md is out of date: regenerate it with "
         "`PYTHONPATH=src python tests/test_fault_matrix.py > docs/fault-matrix.md`"
+    )
+
+
+def matrix_table() -> str:
+    doc = render_doc()
+    return doc[doc.index("| Fault |") :]
+
+
+def test_readme_carries_the_matrix() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert matrix_table() in readme, (
+        "README's fault matrix is out of date: copy the table from docs/fault-matrix.md into the "
+        "Reliability section"
     )
 
 

@@ -235,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if argv is None and sys.getprofile() is None and sys.gettrace() is None:
                 _fast_exit(0)
             return 0
-        from danube_mcp.http import HttpOptions, serve_http
+        from danube_mcp.http import serve_http
+        from danube_mcp.http_options import HttpOptions
 
         try:
             http_opts = HttpOptions.resolve(args, transport, opts.settings)

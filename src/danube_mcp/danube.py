@@ -15,15 +15,32 @@ import random
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 import anyio
 import httpx
 
 from danube_mcp import __version__
-from danube_mcp.logs import FRAGMENT
+from danube_mcp.errors import (
+    RETRY_STATUSES,
+    AuthenticationFailed,
+    ConnectionFailed,
+    DanubeError,
+    MalformedResponse,
+    MissingApiKey,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    RetryableServerError,
+    ServerError,
+    StoreRefused,
+    UpstreamTimeout,
+    ValidationFailed,
+)
+from danube_mcp.models import StoreRequest, StoreResult
+from danube_mcp.redact import Scrubber, clean_message
 from danube_mcp.tls import TrustRoots
 
 # httpcore runs `import sniffio` on every request to detect the async library. When sniffio is not
@@ -31,189 +48,29 @@ from danube_mcp.tls import TrustRoots
 # Recording the absence once gives httpcore the same answer ("asyncio") without the search.
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
-from danube_mcp.models import StoreRequest, StoreResult
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConnectionFailed",
+    "DanubeClient",
+    "DanubeError",
+    "MalformedResponse",
+    "MissingApiKey",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "ServerError",
+    "StoreRefused",
+    "UpstreamTimeout",
+    "ValidationFailed",
+]
 
 STORE_PATH: Final = "/v1/credentials/store"
 MAX_RESPONSE_BYTES: Final = 256 * 1024
-MAX_MESSAGE_CHARS: Final = 300
 RETRY_AFTER_CAP: Final = 10.0
 BACKOFF_BASE: Final = 0.5
 BACKOFF_CAP: Final = 8.0
-REDACTED: Final = "[REDACTED]"
 USER_AGENT: Final = f"danube-mcp/{__version__}"
-
-
-# --------------------------------------------------------------------------------------------
-# Scrubbing
-
-
-def _variants(secret: str) -> set[str]:
-    """The forms in which an upstream might echo a secret back: raw and JSON-escaped."""
-    out = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
-    return {v for v in out if v}
-
-
-class Scrubber:
-    """Removes a call's secrets from text that came from the upstream.
-
-    Every occurrence (raw or JSON-escaped) becomes a fixed marker. If a fragment of a secret is
-    still present after that (an upstream that echoes a truncated value, say), the text is dropped
-    altogether rather than risk passing part of a secret on. One per call; what it needs is
-    computed on first use, once.
-    """
-
-    __slots__ = ("_grams", "_lenient", "_secrets", "_variants", "known")
-
-    def __init__(
-        self, secrets: Iterable[str | None], *, known: Iterable[str] = (), _lenient: bool = False
-    ) -> None:
-        self._secrets = [s for s in secrets if s]
-        # Values the caller sent itself (service id, type): an answer that echoes them is fine.
-        self.known = frozenset(known)
-        self._variants: list[str] | None = None
-        self._grams: frozenset[str] | None = None
-        self._lenient: Scrubber | bool = _lenient
-
-    def _prepare(self) -> tuple[list[str], frozenset[str]]:
-        secrets = self._secrets
-        if self._lenient is True:
-            secrets = [s for s in secrets if len(s) >= FRAGMENT]
-        self._variants = sorted({v for s in secrets for v in _variants(s)}, key=len, reverse=True)
-        # Every FRAGMENT-long piece of each long-enough secret (see logs.contains_fragment).
-        self._grams = frozenset(
-            s[i : i + FRAGMENT]
-            for s in secrets
-            if len(s) >= 2 * FRAGMENT
-            for i in range(len(s) - FRAGMENT + 1)
-        )
-        return self._variants, self._grams
-
-    def __call__(self, text: str) -> str:
-        variants, grams = (self._variants, self._grams) if self._variants is not None else self._prepare()
-        assert grams is not None
-        for variant in variants:
-            if variant in text:
-                text = text.replace(variant, REDACTED)
-        if grams and any(text[i : i + FRAGMENT] in grams for i in range(len(text) - FRAGMENT + 1)):
-            return REDACTED
-        return text
-
-    def for_fields(self) -> Scrubber:
-        """For the fields of a successful answer (a service name, say): only secrets of at least
-        FRAGMENT characters are looked for, so a short credential that happens to occur in a
-        service's name does not mangle it. Error texts always get the full scrub."""
-        if not isinstance(self._lenient, Scrubber):
-            self._lenient = Scrubber(self._secrets, known=self.known, _lenient=True)
-        return self._lenient
-
-    def __repr__(self) -> str:
-        return "Scrubber(...)"
-
-
-def scrub(text: str, secrets: Iterable[str | None]) -> str:
-    """Remove ``secrets`` from ``text`` (see :class:`Scrubber`)."""
-    return Scrubber(secrets)(text)
-
-
-def _clean_message(text: str, scrubber: Scrubber) -> str:
-    """One bounded, printable line with no secret in it."""
-    # Scrub before reshaping: collapsing whitespace could otherwise break an exact match.
-    raw = scrubber(str(text))
-    line = " ".join(raw.split())  # one line: no newlines or control runs
-    if not line.isprintable():
-        line = "".join(ch if ch.isprintable() else "?" for ch in line)
-    if line != raw:
-        line = scrubber(line)
-    if len(line) > MAX_MESSAGE_CHARS:
-        line = line[: MAX_MESSAGE_CHARS - 3] + "..."
-    return line
-
-
-# --------------------------------------------------------------------------------------------
-# Errors
-
-
-class DanubeError(Exception):
-    """A store did not succeed. ``str(error)`` is a complete, secret-free message for the model."""
-
-    kind: ClassVar[str] = "error"
-    retryable: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        code: str | None = None,
-        upstream_message: str | None = None,
-        attempts: int = 1,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.upstream_message = upstream_message
-        self.attempts = attempts
-        self.retry_after = retry_after
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, attempts={self.attempts})"
-
-
-class ValidationFailed(DanubeError):
-    kind = "validation"
-
-
-class AuthenticationFailed(DanubeError):
-    kind = "authentication"
-
-
-class PermissionDenied(DanubeError):
-    kind = "permission"
-
-
-class NotFound(DanubeError):
-    kind = "not_found"
-
-
-class RateLimited(DanubeError):
-    kind = "rate_limited"
-    retryable = True
-
-    def __init__(self, message: str, *, plan_cap: bool = False, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.plan_cap = plan_cap
-
-
-class ServerError(DanubeError):
-    kind = "server"
-
-
-class ConnectionFailed(DanubeError):
-    kind = "connection"
-    retryable = True
-
-
-class UpstreamTimeout(DanubeError):
-    kind = "timeout"
-    retryable = True
-
-
-class MalformedResponse(DanubeError):
-    kind = "malformed_response"
-
-
-class StoreRefused(DanubeError):
-    """A 2xx answer whose body says ``"success": false``."""
-
-    kind = "refused"
-
-
-class MissingApiKey(DanubeError):
-    kind = "missing_api_key"
-
-
-RETRY_STATUSES: Final = frozenset({502, 503, 504})
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,10 +346,10 @@ class DanubeClient:
             return self._success(status, _parse_json(raw), secrets)
         data = None if too_big else _parse_json(raw)
         message, code, details = _error_fields(data)
-        clean = _clean_message(message, secrets) if message else None
-        reason = _clean_message(response.reason_phrase, secrets)[:80] if response.reason_phrase else ""
+        clean = clean_message(message, secrets) if message else None
+        reason = clean_message(response.reason_phrase, secrets)[:80] if response.reason_phrase else ""
         said = f": {clean}" if clean else f" ({reason or 'no reason given'})"
-        code = _clean_message(code, secrets)[:80] if code else None
+        code = clean_message(code, secrets)[:80] if code else None
         kw: dict[str, Any] = {"status": status, "code": code, "upstream_message": clean}
 
         if status in (400, 422):
@@ -500,7 +357,7 @@ class DanubeClient:
                 code == "central_credential_ingestion_disabled"
             ):
                 hint = details.get("hint")
-                hint_text = f" {_clean_message(hint, secrets)}" if isinstance(hint, str) else ""
+                hint_text = f" {clean_message(hint, secrets)}" if isinstance(hint, str) else ""
                 raise ValidationFailed(
                     "This Danube deployment does not accept plaintext credentials "
                     f"(HTTP {status}).{hint_text}"
@@ -542,7 +399,7 @@ class DanubeClient:
                 upgrade = upgrade or details.get("upgrade_url")
             retry_after = _parse_retry_after(response.headers.get("retry-after"))
             if upgrade:
-                url = _clean_message(str(upgrade), secrets)
+                url = clean_message(str(upgrade), secrets)
                 raise RateLimited(
                     f"Danube's plan limit has been reached (HTTP 429){said}. Do not retry; the user "
                     f"can upgrade the plan at {url}.",
@@ -557,7 +414,7 @@ class DanubeClient:
                 **kw,
             )
         if status >= 500:
-            error_cls = _RetryableServerError if status in RETRY_STATUSES else ServerError
+            error_cls = RetryableServerError if status in RETRY_STATUSES else ServerError
             retry_after = _parse_retry_after(response.headers.get("retry-after"))
             server_wait = _wait_text(retry_after)
             when = f"{server_wait.capitalize()} and try again" if server_wait else "Try again in a minute"
@@ -582,7 +439,7 @@ class DanubeClient:
             )
         if data.get("success") is not True:
             message, code, _ = _error_fields(data)
-            reason = _clean_message(message, secrets) if message else None
+            reason = clean_message(message, secrets) if message else None
             if data.get("success") is False:
                 said = f": {reason}" if reason else ""
                 raise StoreRefused(
@@ -604,7 +461,7 @@ class DanubeClient:
                     f"Danube's answer (HTTP {status}) lacked a valid '{name}' field. " + _UNKNOWN_OUTCOME,
                     status=status,
                 )
-            fields[name] = value if value in secrets.known else _clean_message(value, secrets.for_fields())
+            fields[name] = value if value in secrets.known else clean_message(value, secrets.for_fields())
         stored_as = data.get("stored_as")
         notice = data.get("notice")
         deprecated = data.get("deprecated")
@@ -612,8 +469,8 @@ class DanubeClient:
             service_id=fields["service_id"],
             service_name=fields["service_name"],
             credential_type=fields["credential_type"],
-            stored_as=_clean_message(stored_as, secrets.for_fields()) if isinstance(stored_as, str) else None,
-            notice=_clean_message(notice, secrets) if isinstance(notice, str) and notice.strip() else None,
+            stored_as=clean_message(stored_as, secrets.for_fields()) if isinstance(stored_as, str) else None,
+            notice=clean_message(notice, secrets) if isinstance(notice, str) and notice.strip() else None,
             deprecated=deprecated if isinstance(deprecated, bool) else None,
         )
 
@@ -628,10 +485,6 @@ class DanubeClient:
             f"Could not reach Danube at {self.base_url}: {why}. Check the network and DANUBE_API_URL; "
             "retrying later is safe."
         )
-
-
-class _RetryableServerError(ServerError):
-    retryable = True
 
 
 _UNKNOWN_OUTCOME = (

@@ -16,26 +16,24 @@ Run it with ``danube-mcp --transport ...`` or under any ASGI server through the 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
+from danube_mcp.asgi import Message, Receive, Scope, Send, header, read_body
 from danube_mcp.backend import Backend, open_backend
 from danube_mcp.config import ConfigError, Settings, is_placeholder, load_settings
+from danube_mcp.http_options import Allowlist, HttpOptions, env_bool
 from danube_mcp.logs import SECRETS
 from danube_mcp.secure_input import PATH_PREFIX as SECURE_INPUT_PREFIX
 from danube_mcp.secure_input import SecureInputBroker
@@ -43,202 +41,17 @@ from danube_mcp.server import CallerKeyError, build_server
 
 logger = logging.getLogger("danube_mcp.http")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MCP_PATH: Final = "/mcp"
 SSE_PATH: Final = "/sse"
 MESSAGES_PATH: Final = "/messages/"
 HEALTH_PATH: Final = "/healthz"
 MAX_BODY_BYTES: Final = 1024 * 1024
-MIN_TOKEN_LENGTH: Final = 16
-DEFAULT_PORT: Final = 8000
-LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "[::1]")
 CLIENT_KEY_HEADER: Final = "danube-api-key"
-
-
-def is_loopback_bind(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _split_env_list(name: str) -> list[str]:
-    raw = os.environ.get(name, "")
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def _env_bool(name: str) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off")
-
-
-def _read_token(path: str | None) -> str | None:
-    if path:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"--auth-token-file cannot be read ({exc.strerror})") from None
-        source = "--auth-token-file"
-    else:
-        raw = os.environ.get("DANUBE_MCP_AUTH_TOKEN")
-        if raw is None or not raw.strip():
-            return None
-        token = raw.strip()
-        source = "DANUBE_MCP_AUTH_TOKEN"
-    if not token:
-        raise ConfigError(f"{source} is empty")
-    if is_placeholder(token):
-        raise ConfigError(f"{source} is an unsubstituted placeholder")
-    if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
-        raise ConfigError(f"{source} must be at least {MIN_TOKEN_LENGTH} printable characters without spaces")
-    return token
-
-
-@dataclass(frozen=True)
-class HttpOptions:
-    transport: str = "streamable-http"
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    stateless: bool = False
-    json_response: bool = False
-    allowed_hosts: tuple[str, ...] = ()
-    allowed_origins: tuple[str, ...] = ()
-    auth_token: str | None = field(default=None, repr=False)
-    require_client_key: bool = False
-    secure_input: bool = False
-    secure_input_ttl: float = 300.0
-    public_url: str | None = None
-
-    @classmethod
-    def resolve(cls, args: argparse.Namespace | None, transport: str, settings: Settings) -> HttpOptions:
-        """Flags first, then ``DANUBE_MCP_*`` environment variables. Refuses unsafe exposures."""
-
-        def pick(flag: Any, env: str) -> Any:
-            return flag if flag is not None else os.environ.get(env)
-
-        a = args or argparse.Namespace()
-        host = (pick(getattr(a, "host", None), "DANUBE_MCP_HOST") or "127.0.0.1").strip()
-        raw_port = pick(getattr(a, "port", None), "DANUBE_MCP_PORT")
-        try:
-            port = DEFAULT_PORT if raw_port in (None, "") else int(raw_port)
-        except ValueError:
-            raise ConfigError("DANUBE_MCP_PORT must be a port number") from None
-        if not 0 <= port <= 65535:
-            raise ConfigError("--port / DANUBE_MCP_PORT must be between 0 and 65535")
-        stateless = getattr(a, "stateless", None)
-        json_response = getattr(a, "json_response", None)
-        require = getattr(a, "require_client_key", None)
-        opts = cls(
-            transport=transport,
-            host=host,
-            port=port,
-            stateless=stateless if stateless is not None else _env_bool("DANUBE_MCP_STATELESS"),
-            json_response=json_response
-            if json_response is not None
-            else _env_bool("DANUBE_MCP_JSON_RESPONSE"),
-            allowed_hosts=tuple(
-                getattr(a, "allowed_host", None) or _split_env_list("DANUBE_MCP_ALLOWED_HOSTS")
-            ),
-            allowed_origins=tuple(
-                getattr(a, "allowed_origin", None) or _split_env_list("DANUBE_MCP_ALLOWED_ORIGINS")
-            ),
-            auth_token=_read_token(
-                getattr(a, "auth_token_file", None) or os.environ.get("DANUBE_MCP_AUTH_TOKEN_FILE")
-            ),
-            require_client_key=require if require is not None else _env_bool("DANUBE_MCP_REQUIRE_CLIENT_KEY"),
-            secure_input=bool(
-                getattr(a, "secure_input", None)
-                if getattr(a, "secure_input", None) is not None
-                else settings.secure_input
-            ),
-            secure_input_ttl=settings.secure_input_ttl,
-            public_url=settings.public_url,
-        )
-        opts.check_exposure(server_key=settings.api_key is not None)
-        return opts
-
-    def check_exposure(self, *, server_key: bool) -> None:
-        """A public bind must name its hosts, and must not let strangers spend the server's key."""
-        if is_loopback_bind(self.host):
-            return
-        if not self.allowed_hosts:
-            raise ConfigError(
-                f"refusing to bind {self.host} without --allowed-host (DANUBE_MCP_ALLOWED_HOSTS): "
-                "name the host names clients use, so DNS-rebinding protection can stay on"
-            )
-        if server_key and not (self.auth_token or self.require_client_key):
-            raise ConfigError(
-                f"refusing to bind {self.host} with DANUBE_API_KEY set but no access token: set "
-                "DANUBE_MCP_AUTH_TOKEN (or --auth-token-file) or --require-client-key, so strangers "
-                "cannot spend the server's Danube key"
-            )
-
-
-# --------------------------------------------------------------------------------------------
-# Host / Origin matching
-
-
-def _host_matches(value: str, pattern: str) -> bool:
-    value, pattern = value.lower(), pattern.lower()
-    if pattern.endswith(":*"):
-        base = pattern[:-2]
-        return value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit())
-    if value == pattern:
-        return True
-    # A pattern without a port accepts that host on any port.
-    has_port = pattern.rsplit(":", 1)[-1].isdigit() and not pattern.endswith("]")
-    return not has_port and value.startswith(pattern + ":") and value[len(pattern) + 1 :].isdigit()
-
-
-def _origin_matches(value: str, pattern: str) -> bool:
-    value, pattern = value.lower().rstrip("/"), pattern.lower().rstrip("/")
-    if pattern.endswith(":*"):
-        base = pattern[:-2]
-        return value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit())
-    return value == pattern
-
-
-@dataclass(frozen=True)
-class Allowlist:
-    hosts: tuple[str, ...]
-    origins: tuple[str, ...]
-
-    @classmethod
-    def build(cls, extra_hosts: tuple[str, ...], extra_origins: tuple[str, ...]) -> Allowlist:
-        hosts = tuple(f"{name}:*" for name in LOOPBACK_NAMES) + extra_hosts
-        origins = tuple(f"{scheme}://{name}:*" for scheme in ("http", "https") for name in LOOPBACK_NAMES)
-        return cls(hosts=hosts, origins=origins + extra_origins)
-
-    def host_ok(self, host: str | None) -> bool:
-        return bool(host) and any(_host_matches(host or "", p) for p in self.hosts)
-
-    def origin_ok(self, origin: str | None) -> bool:
-        return origin is None or any(_origin_matches(origin, p) for p in self.origins)
 
 
 # --------------------------------------------------------------------------------------------
 # Small ASGI helpers
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            try:
-                return str(value.decode("latin-1"))
-            except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-                return None
-    return None
 
 
 async def _send_json(
@@ -272,27 +85,6 @@ async def _drain(receive: Receive) -> None:
         if message["type"] != "http.request":
             return
         more = message.get("more_body", False)
-
-
-async def _buffer_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it exceeds ``limit`` bytes."""
-    length = _header(scope, b"content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
 
 
 def _json_ok(body: bytes) -> bool:
@@ -475,7 +267,7 @@ class DanubeHttpApp:
             await _drain(receive)
             await _send_json(send, 200, {"status": "ok"})
             return
-        if not self.allow.host_ok(_header(scope, b"host")):
+        if not self.allow.host_ok(header(scope, b"host")):
             # DNS-rebinding protection covers every path but /healthz, secure input pages included.
             await _drain(receive)
             await _send_json(
@@ -486,7 +278,7 @@ class DanubeHttpApp:
             # A browser page: no bearer token there; it checks its own Origin and single-use token.
             await self.secure_input.app(scope, receive, send)
             return
-        if not self.allow.origin_ok(_header(scope, b"origin")):
+        if not self.allow.origin_ok(header(scope, b"origin")):
             await _drain(receive)
             await _send_json(send, 403, {"error": "forbidden", "error_description": "Origin not allowed"})
             return
@@ -512,7 +304,7 @@ class DanubeHttpApp:
             )
             return
         if scope["method"] == "POST":
-            body = await _buffer_body(scope, receive, MAX_BODY_BYTES)
+            body = await read_body(scope, receive, MAX_BODY_BYTES)
             if body is None:
                 await _send_json(send, 413, _jsonrpc_error(-32600, "Request body too large"))
                 return
@@ -539,7 +331,7 @@ class DanubeHttpApp:
 
     def _authorized(self, scope: Scope) -> bool:
         assert self._token is not None
-        value = _header(scope, b"authorization") or ""
+        value = header(scope, b"authorization") or ""
         scheme, _, token = value.partition(" ")
         # Compare in constant time even when the scheme is wrong.
         ok = hmac.compare_digest(token.strip().encode("latin-1"), self._token)
@@ -592,7 +384,7 @@ def create_app(
             raise ConfigError("DANUBE_MCP_TRANSPORT must be streamable-http, sse or http for the ASGI app")
         options = HttpOptions.resolve(None, transport, settings)
     if sandbox is None:
-        sandbox = _env_bool("DANUBE_MCP_SANDBOX")
+        sandbox = env_bool("DANUBE_MCP_SANDBOX")
     if backend is None:
         backend = open_backend(
             settings,

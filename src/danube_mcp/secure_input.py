@@ -22,7 +22,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -30,14 +30,11 @@ from urllib.parse import parse_qs
 import anyio
 from anyio.abc import TaskGroup
 
+from danube_mcp.asgi import Receive, Scope, Send, header, read_body
 from danube_mcp.models import ArgumentError, StoreRequest, parse_arguments
 
 logger = logging.getLogger("danube_mcp.secure_input")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 PATH_PREFIX: Final = "/secure-input/"
 DEFAULT_TTL: Final = 300.0
@@ -216,16 +213,16 @@ class SecureInputBroker:
         await self._submit(entry, scope, receive, send)
 
     async def _submit(self, entry: PendingInput, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = _header(scope, b"origin")
-        own = f"{scope.get('scheme', 'http')}://{_header(scope, b'host') or ''}"
+        origin = header(scope, b"origin")
+        own = f"{scope.get('scheme', 'http')}://{header(scope, b'host') or ''}"
         if origin is not None and origin.rstrip("/").lower() != own.lower():
             await _page(send, 403, "Forbidden", "This form can only be submitted from its own page.")
             return
-        ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if ctype != "application/x-www-form-urlencoded":
             await _page(send, 415, "Unsupported form", "Submit the form on this page.")
             return
-        body = await _read_body(receive, MAX_FORM_BYTES)
+        body = await read_body(scope, receive, MAX_FORM_BYTES)
         if body is None:
             await _page(send, 413, "Too large", "The value is too long.")
             return
@@ -263,30 +260,6 @@ class SecureInputBroker:
             credential_type=entry.credential_type,  # type: ignore[arg-type]
             credential_value=entry.take_value(),
         )
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
 
 
 def _form(entry: PendingInput, error: str | None = None) -> str:

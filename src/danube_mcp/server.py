@@ -25,7 +25,8 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import McpError
 
 from danube_mcp import __version__
-from danube_mcp.danube import DanubeClient, DanubeError, MissingApiKey
+from danube_mcp.danube import DanubeClient
+from danube_mcp.errors import DanubeError, MissingApiKey
 from danube_mcp.logs import SECRETS
 from danube_mcp.models import (
     OUTPUT_SCHEMA,

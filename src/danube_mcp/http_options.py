@@ -1,0 +1,185 @@
+"""Options of the HTTP transports, from flags and ``DANUBE_MCP_*`` variables, and the rules that
+keep a server safe to expose: the Host/Origin allow-list and the refusal of unsafe public binds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from danube_mcp.config import ConfigError, Settings, is_placeholder
+
+MIN_TOKEN_LENGTH: Final = 16
+DEFAULT_PORT: Final = 8000
+LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "[::1]")
+
+
+def is_loopback_bind(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_env_list(name: str) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_bool(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off")
+
+
+def _read_token(path: str | None) -> str | None:
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"--auth-token-file cannot be read ({exc.strerror})") from None
+        source = "--auth-token-file"
+    else:
+        raw = os.environ.get("DANUBE_MCP_AUTH_TOKEN")
+        if raw is None or not raw.strip():
+            return None
+        token = raw.strip()
+        source = "DANUBE_MCP_AUTH_TOKEN"
+    if not token:
+        raise ConfigError(f"{source} is empty")
+    if is_placeholder(token):
+        raise ConfigError(f"{source} is an unsubstituted placeholder")
+    if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
+        raise ConfigError(f"{source} must be at least {MIN_TOKEN_LENGTH} printable characters without spaces")
+    return token
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    transport: str = "streamable-http"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    stateless: bool = False
+    json_response: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    auth_token: str | None = field(default=None, repr=False)
+    require_client_key: bool = False
+    secure_input: bool = False
+    secure_input_ttl: float = 300.0
+    public_url: str | None = None
+
+    @classmethod
+    def resolve(cls, args: argparse.Namespace | None, transport: str, settings: Settings) -> HttpOptions:
+        """Flags first, then ``DANUBE_MCP_*`` environment variables. Refuses unsafe exposures."""
+
+        def pick(flag: Any, env: str) -> Any:
+            return flag if flag is not None else os.environ.get(env)
+
+        a = args or argparse.Namespace()
+        host = (pick(getattr(a, "host", None), "DANUBE_MCP_HOST") or "127.0.0.1").strip()
+        raw_port = pick(getattr(a, "port", None), "DANUBE_MCP_PORT")
+        try:
+            port = DEFAULT_PORT if raw_port in (None, "") else int(raw_port)
+        except ValueError:
+            raise ConfigError("DANUBE_MCP_PORT must be a port number") from None
+        if not 0 <= port <= 65535:
+            raise ConfigError("--port / DANUBE_MCP_PORT must be between 0 and 65535")
+        stateless = getattr(a, "stateless", None)
+        json_response = getattr(a, "json_response", None)
+        require = getattr(a, "require_client_key", None)
+        opts = cls(
+            transport=transport,
+            host=host,
+            port=port,
+            stateless=stateless if stateless is not None else env_bool("DANUBE_MCP_STATELESS"),
+            json_response=json_response
+            if json_response is not None
+            else env_bool("DANUBE_MCP_JSON_RESPONSE"),
+            allowed_hosts=tuple(
+                getattr(a, "allowed_host", None) or _split_env_list("DANUBE_MCP_ALLOWED_HOSTS")
+            ),
+            allowed_origins=tuple(
+                getattr(a, "allowed_origin", None) or _split_env_list("DANUBE_MCP_ALLOWED_ORIGINS")
+            ),
+            auth_token=_read_token(
+                getattr(a, "auth_token_file", None) or os.environ.get("DANUBE_MCP_AUTH_TOKEN_FILE")
+            ),
+            require_client_key=require if require is not None else env_bool("DANUBE_MCP_REQUIRE_CLIENT_KEY"),
+            secure_input=bool(
+                getattr(a, "secure_input", None)
+                if getattr(a, "secure_input", None) is not None
+                else settings.secure_input
+            ),
+            secure_input_ttl=settings.secure_input_ttl,
+            public_url=settings.public_url,
+        )
+        opts.check_exposure(server_key=settings.api_key is not None)
+        return opts
+
+    def check_exposure(self, *, server_key: bool) -> None:
+        """A public bind must name its hosts, and must not let strangers spend the server's key."""
+        if is_loopback_bind(self.host):
+            return
+        if not self.allowed_hosts:
+            raise ConfigError(
+                f"refusing to bind {self.host} without --allowed-host (DANUBE_MCP_ALLOWED_HOSTS): "
+                "name the host names clients use, so DNS-rebinding protection can stay on"
+            )
+        if server_key and not (self.auth_token or self.require_client_key):
+            raise ConfigError(
+                f"refusing to bind {self.host} with DANUBE_API_KEY set but no access token: set "
+                "DANUBE_MCP_AUTH_TOKEN (or --auth-token-file) or --require-client-key, so strangers "
+                "cannot spend the server's Danube key"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Host / Origin matching
+
+
+def _host_matches(value: str, pattern: str) -> bool:
+    value, pattern = value.lower(), pattern.lower()
+    if pattern.endswith(":*"):
+        base = pattern[:-2]
+        return value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit())
+    if value == pattern:
+        return True
+    # A pattern without a port accepts that host on any port.
+    has_port = pattern.rsplit(":", 1)[-1].isdigit() and not pattern.endswith("]")
+    return not has_port and value.startswith(pattern + ":") and value[len(pattern) + 1 :].isdigit()
+
+
+def _origin_matches(value: str, pattern: str) -> bool:
+    value, pattern = value.lower().rstrip("/"), pattern.lower().rstrip("/")
+    if pattern.endswith(":*"):
+        base = pattern[:-2]
+        return value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit())
+    return value == pattern
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    hosts: tuple[str, ...]
+    origins: tuple[str, ...]
+
+    @classmethod
+    def build(cls, extra_hosts: tuple[str, ...], extra_origins: tuple[str, ...]) -> Allowlist:
+        hosts = tuple(f"{name}:*" for name in LOOPBACK_NAMES) + extra_hosts
+        origins = tuple(f"{scheme}://{name}:*" for scheme in ("http", "https") for name in LOOPBACK_NAMES)
+        return cls(hosts=hosts, origins=origins + extra_origins)
+
+    def host_ok(self, host: str | None) -> bool:
+        return bool(host) and any(_host_matches(host or "", p) for p in self.hosts)
+
+    def origin_ok(self, origin: str | None) -> bool:
+        return origin is None or any(_origin_matches(origin, p) for p in self.origins)

@@ -1204,3 +1204,12 @@ def test_error_classes(cls: type[DanubeError], kind: str, retryable: bool) -> No
     exc = cls("message", status=400, code="c", upstream_message="u", attempts=2)
     assert str(exc) == "message"
     assert (exc.status, exc.code, exc.upstream_message, exc.attempts) == (400, "c", "u", 2)
+
+
+def test_url_encoded_echo_is_scrubbed() -> None:
+    from urllib.parse import quote
+
+    secret = "p@ss word/+=&?#"
+    text = f"see https://x.example/?v={quote(secret, safe='')} and {secret}"
+    out = scrub(text, [secret])
+    assert quote(secret, safe="") not in out and secret not in out

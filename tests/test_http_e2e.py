@@ -328,7 +328,12 @@ def _free_port() -> int:
 def two_workers(upstream: FakeUpstream) -> Iterator[str]:
     port = _free_port()
     err = Captured()
-    env = env_for(upstream, DANUBE_MCP_STATELESS="1", DANUBE_MCP_TRANSPORT="streamable-http")
+    env = env_for(
+        upstream,
+        DANUBE_MCP_STATELESS="1",
+        DANUBE_MCP_TRANSPORT="streamable-http",
+        DANUBE_MCP_AUTH_TOKEN=TOKEN,
+    )
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.http:create_app"),
@@ -364,7 +369,7 @@ def two_workers(upstream: FakeUpstream) -> Iterator[str]:
 
 async def test_under_uvicorn_with_two_workers(upstream: FakeUpstream, two_workers: str) -> None:
     async def one(i: int) -> None:
-        async with streamable(two_workers) as session:
+        async with streamable(two_workers, {"authorization": f"Bearer {TOKEN}"}) as session:
             r = await session.call_tool("store_credential", {**ARGS, "service_id": f"w{i}"})
             assert r.isError is False
 
@@ -372,3 +377,28 @@ async def test_under_uvicorn_with_two_workers(upstream: FakeUpstream, two_worker
         for i in range(16):
             tg.start_soon(one, i)
     assert sorted(r.json()["service_id"] for r in upstream.requests) == sorted(f"w{i}" for i in range(16))
+
+
+def test_factory_mode_assumes_a_public_bind(upstream: FakeUpstream) -> None:
+    """Under an external ASGI server the bind address is unknown: with the operator's key and no
+    token or --require-client-key, the factory refuses rather than risk a public, open server."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.http:create_app", "--port", "0"],
+        env=env_for(upstream, DANUBE_MCP_STATELESS="1"),
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        cwd=str(REPO),
+    )
+    assert proc.returncode == 2
+    assert b"no access token" in proc.stderr
+    assert SERVER_KEY.encode() not in proc.stderr + proc.stdout
+
+
+def test_draining_refuses_only_new_sessions() -> None:
+    from danube_mcp.http import _opens_session
+
+    assert _opens_session({"headers": []}, "/mcp") is True
+    assert _opens_session({"headers": [(b"mcp-session-id", b"abc")]}, "/mcp") is False
+    assert _opens_session({"headers": []}, "/sse") is True
+    assert _opens_session({"headers": []}, "/messages/") is False

@@ -314,3 +314,80 @@ async def test_stateless_http_cannot_elicit_and_says_so(tmp_path: Path) -> None:
     assert result.isError is True and "cannot open a secure input page" in result.content[0].text  # type: ignore[union-attr]
     assert seen == []
     assert stored_value(tmp_path / "s.db") is None
+
+
+def test_a_client_that_never_answers_is_bounded_by_the_links_lifetime(tmp_path: Path) -> None:
+    """A client that receives elicitation/create and never replies: the call still ends when the
+    link expires. (Raw JSON-RPC: the SDK client cannot take other messages while its callback waits.)"""
+    from procs import raw_stdio
+
+    env = child_env(DANUBE_MCP_SECURE_INPUT_TTL="1")
+    args = ("--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input")
+    with raw_stdio(env, args) as raw:
+        raw.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {"elicitation": {"form": {}, "url": {}}},
+                    "clientInfo": {"name": "silent", "version": "0"},
+                },
+            }
+        )
+        raw.recv_id(0)
+        raw.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        call = {"name": "store_credential", "arguments": ARGS}
+        raw.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call})
+        elicit = raw.recv()
+        assert elicit["method"] == "elicitation/create" and elicit["params"]["mode"] == "url"
+        result = raw.recv_id(1, timeout=15)["result"]
+    assert result["isError"] is True and "did not answer" in result["content"][0]["text"]
+    assert stored_value(tmp_path / "s.db") is None
+
+
+async def test_local_listener_refuses_foreign_host_headers(tmp_path: Path) -> None:
+    seen: list[types.ElicitRequestURLParams] = []
+    statuses: dict[str, int] = {}
+
+    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
+        async with httpx.AsyncClient() as hc:
+            statuses["foreign"] = (await hc.get(params.url, headers={"host": "evil.example"})).status_code
+            statuses["own"] = (await hc.get(params.url)).status_code
+        return types.ElicitResult(action="decline")
+
+    async with stdio_session(tmp_path, handler, seen, Tap()) as (session, _):
+        await session.call_tool("store_credential", ARGS)
+    assert statuses == {"foreign": 421, "own": 200}
+
+
+async def test_pages_behind_a_tls_proxy_accept_the_public_origin() -> None:
+    from danube_mcp.secure_input import SecureInputBroker
+
+    broker = SecureInputBroker(ttl=30, public_url="https://mcp.example.com")
+    entry = broker.create(SERVICE, "bearer", account="the Danube account of the API key ending in ...abcd")
+    url = await broker.url_for(entry)
+    assert url.startswith("https://mcp.example.com/secure-input/")
+    transport = httpx.ASGITransport(app=broker.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://mcp.example.com") as hc:
+        page = await hc.get(url.replace("https://mcp.example.com", ""))
+        assert "ending in ...abcd" in page.text and "Only continue if you asked" in page.text
+
+        async def store_when_submitted() -> None:
+            await entry.submitted.wait()
+            assert broker.request_for(entry).credential_value == VALUE
+            entry.finish(True, "The credential was stored.")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store_when_submitted)
+            r = await hc.post(
+                url.replace("https://mcp.example.com", ""),
+                content=f"credential_value={VALUE}",
+                headers={
+                    "origin": "https://mcp.example.com",
+                    "content-type": "application/x-www-form-urlencoded",
+                },
+            )
+    assert r.status_code == 200 and VALUE not in r.text
+    broker.discard(entry)

@@ -39,7 +39,7 @@ def is_placeholder(value: str) -> bool:
 
 
 def _is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

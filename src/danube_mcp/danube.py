@@ -245,13 +245,24 @@ class DanubeClient:
 
     # ----------------------------------------------------------------------------------------
 
-    async def store_credential(self, request: StoreRequest, *, api_key: str | None = None) -> StoreResult:
-        """Store one credential. ``api_key`` overrides the client's own key (per-caller keys)."""
+    def default_key_hint_source(self) -> str | None:
+        """The client's own key, for a masked hint of which account a store goes to."""
+        return self._api_key
+
+    async def store_credential(
+        self, request: StoreRequest, *, api_key: str | None = None, strict_fields: bool = False
+    ) -> StoreResult:
+        """Store one credential. ``api_key`` overrides the client's own key (per-caller keys).
+
+        ``strict_fields``: scrub a successful answer's fields for the value however short it is (for
+        values the model never saw, entered on a secure-input page)."""
         key = api_key if api_key is not None else self._api_key
         if not key:
             raise MissingApiKey("No Danube API key is configured.")
         secrets = Scrubber(
-            (key, request.credential_value), known=(request.service_id, request.credential_type)
+            (key, request.credential_value),
+            known=(request.service_id, request.credential_type),
+            strict_fields=strict_fields,
         )
         body = json.dumps(request.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
         headers = [

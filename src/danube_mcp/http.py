@@ -87,6 +87,14 @@ async def _drain(receive: Receive) -> None:
         more = message.get("more_body", False)
 
 
+def _opens_session(scope: Scope, path: str) -> bool:
+    if path == SSE_PATH:
+        return True
+    if path in (MCP_PATH, MCP_PATH + "/"):
+        return header(scope, b"mcp-session-id") is None
+    return False
+
+
 def _json_ok(body: bytes) -> bool:
     """Strict UTF-8 JSON with sane nesting (an empty body is left to the SDK to refuse)."""
     if not body.strip():
@@ -294,7 +302,9 @@ class DanubeHttpApp:
                 ((b"www-authenticate", b'Bearer realm="danube-mcp"'),),
             )
             return
-        if self.draining and path in (MCP_PATH, MCP_PATH + "/", SSE_PATH, MESSAGES_PATH):
+        if self.draining and _opens_session(scope, path):
+            # New sessions are refused while draining; requests and replies within open sessions
+            # (an elicitation result, a cancellation) still go through.
             await _drain(receive)
             await _send_json(
                 send,
@@ -371,7 +381,12 @@ def create_app(
     """ASGI application factory. With no arguments, everything comes from the environment
     (``DANUBE_*`` and ``DANUBE_MCP_*``), as ``uvicorn --factory danube_mcp.http:create_app`` needs."""
     from_env = settings is None
-    settings = settings or load_settings()
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            print(f"danube-mcp: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
     if from_env:
         from danube_mcp.logs import setup_logging
 
@@ -380,9 +395,16 @@ def create_app(
             SECRETS.add(settings.api_key.get_secret_value())
     if options is None:
         transport = os.environ.get("DANUBE_MCP_TRANSPORT", "").strip() or "http"
-        if transport not in ("streamable-http", "sse", "http"):
-            raise ConfigError("DANUBE_MCP_TRANSPORT must be streamable-http, sse or http for the ASGI app")
-        options = HttpOptions.resolve(None, transport, settings)
+        try:
+            if transport not in ("streamable-http", "sse", "http"):
+                raise ConfigError(
+                    "DANUBE_MCP_TRANSPORT must be streamable-http, sse or http for the ASGI app"
+                )
+            # Under an external ASGI server the bind address is not known here: assume a public one.
+            options = HttpOptions.resolve(None, transport, settings, bind_known=False)
+        except ConfigError as exc:
+            print(f"danube-mcp: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
     if sandbox is None:
         sandbox = env_bool("DANUBE_MCP_SANDBOX")
     if backend is None:

@@ -79,7 +79,9 @@ class HttpOptions:
     public_url: str | None = None
 
     @classmethod
-    def resolve(cls, args: argparse.Namespace | None, transport: str, settings: Settings) -> HttpOptions:
+    def resolve(
+        cls, args: argparse.Namespace | None, transport: str, settings: Settings, *, bind_known: bool = True
+    ) -> HttpOptions:
         """Flags first, then ``DANUBE_MCP_*`` environment variables. Refuses unsafe exposures."""
 
         def pick(flag: Any, env: str) -> Any:
@@ -123,23 +125,35 @@ class HttpOptions:
             secure_input_ttl=settings.secure_input_ttl,
             public_url=settings.public_url,
         )
-        opts.check_exposure(server_key=settings.api_key is not None)
+        opts.check_exposure(server_key=settings.api_key is not None, bind_known=bind_known)
         return opts
 
-    def check_exposure(self, *, server_key: bool) -> None:
-        """A public bind must name its hosts, and must not let strangers spend the server's key."""
-        if is_loopback_bind(self.host):
+    def check_exposure(self, *, server_key: bool, bind_known: bool = True) -> None:
+        """A public server must name its hosts, must not let strangers spend the server's key, and
+        must give secure-input links a public https address.
+
+        ``bind_known`` is False under an external ASGI server (``uvicorn --factory``): the address
+        it binds is not visible from here, so it is treated as public.
+        """
+        public = not (bind_known and is_loopback_bind(self.host))
+        if not public:
             return
-        if not self.allowed_hosts:
+        where = f"bind {self.host}" if bind_known else "serve under an external ASGI server (address unknown)"
+        if bind_known and not self.allowed_hosts:
             raise ConfigError(
-                f"refusing to bind {self.host} without --allowed-host (DANUBE_MCP_ALLOWED_HOSTS): "
+                f"refusing to {where} without --allowed-host (DANUBE_MCP_ALLOWED_HOSTS): "
                 "name the host names clients use, so DNS-rebinding protection can stay on"
             )
         if server_key and not (self.auth_token or self.require_client_key):
             raise ConfigError(
-                f"refusing to bind {self.host} with DANUBE_API_KEY set but no access token: set "
+                f"refusing to {where} with DANUBE_API_KEY set but no access token: set "
                 "DANUBE_MCP_AUTH_TOKEN (or --auth-token-file) or --require-client-key, so strangers "
                 "cannot spend the server's Danube key"
+            )
+        if self.secure_input and not self.public_url:
+            raise ConfigError(
+                f"refusing to {where} with secure input but no DANUBE_MCP_PUBLIC_URL: set it to the "
+                "server's public https:// address, so entry links point there and go over TLS"
             )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from typing import Final
+from urllib.parse import quote, quote_plus
 
 from danube_mcp.logs import FRAGMENT
 
@@ -18,8 +19,14 @@ MAX_MESSAGE_CHARS: Final = 300
 
 
 def _variants(secret: str) -> set[str]:
-    """The forms in which an upstream might echo a secret back: raw and JSON-escaped."""
-    out = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    """The forms in which an upstream might echo a secret back: raw, JSON-escaped, URL-encoded."""
+    out = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+    }
     return {v for v in out if v}
 
 
@@ -35,14 +42,20 @@ class Scrubber:
     __slots__ = ("_grams", "_lenient", "_secrets", "_variants", "known")
 
     def __init__(
-        self, secrets: Iterable[str | None], *, known: Iterable[str] = (), _lenient: bool = False
+        self,
+        secrets: Iterable[str | None],
+        *,
+        known: Iterable[str] = (),
+        strict_fields: bool = False,
+        _lenient: bool = False,
     ) -> None:
         self._secrets = [s for s in secrets if s]
         # Values the caller sent itself (service id, type): an answer that echoes them is fine.
         self.known = frozenset(known)
         self._variants: list[str] | None = None
         self._grams: frozenset[str] | None = None
-        self._lenient: Scrubber | bool = _lenient
+        # strict_fields: the fields of a successful answer get the full scrub too.
+        self._lenient: Scrubber | bool = self if strict_fields else _lenient
 
     def _prepare(self) -> tuple[list[str], frozenset[str]]:
         secrets = self._secrets

@@ -25,12 +25,13 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from anyio.abc import TaskGroup
 
 from danube_mcp.asgi import Receive, Scope, Send, header, read_body
+from danube_mcp.logs import SECRETS
 from danube_mcp.models import ArgumentError, StoreRequest, parse_arguments
 
 logger = logging.getLogger("danube_mcp.secure_input")
@@ -64,6 +65,7 @@ class PendingInput:
     service_id: str
     credential_type: str
     expires_at: float
+    account: str = ""  # a masked hint of the Danube account the value will be stored into
     submitted: anyio.Event = field(default_factory=anyio.Event, repr=False)
     done: anyio.Event = field(default_factory=anyio.Event, repr=False)
     value: str | None = field(default=None, repr=False)
@@ -143,7 +145,16 @@ class SecureInputBroker:
                 sock.listen(64)
                 sock.setblocking(False)
                 port = sock.getsockname()[1]
-                self._listener = _QuietServer.create(self.app, sock)
+                allowed = {f"127.0.0.1:{port}", f"localhost:{port}"}
+
+                async def local_app(scope: Scope, receive: Receive, send: Send) -> None:
+                    # DNS-rebinding protection, as the HTTP app gives its own pages.
+                    if scope["type"] == "http" and (header(scope, b"host") or "").lower() not in allowed:
+                        await _page(send, 421, "Misdirected request", "Open the link exactly as given.")
+                        return
+                    await self.app(scope, receive, send)
+
+                self._listener = _QuietServer.create(local_app, sock)
                 self._task_group.start_soon(self._listener.serve, [sock])
                 self._listener_url = f"http://127.0.0.1:{port}"
                 logger.info("secure input pages served on 127.0.0.1:%d", port)
@@ -151,7 +162,7 @@ class SecureInputBroker:
 
     # -- entries -------------------------------------------------------------------------------
 
-    def create(self, service_id: str, credential_type: str) -> PendingInput:
+    def create(self, service_id: str, credential_type: str, *, account: str = "") -> PendingInput:
         self._sweep()
         entry = PendingInput(
             token=secrets.token_urlsafe(32),
@@ -159,20 +170,24 @@ class SecureInputBroker:
             service_id=service_id,
             credential_type=credential_type,
             expires_at=time.monotonic() + self.ttl,
+            account=account,
         )
         self._entries[entry.token] = entry
+        SECRETS.add(entry.token)  # an access log line with the link's path must not show it
         return entry
 
     def discard(self, entry: PendingInput, outcome: str = "This request was cancelled.") -> None:
-        self._entries.pop(entry.token, None)
+        if self._entries.pop(entry.token, None) is not None:
+            SECRETS.remove(entry.token)
+        entry.value = None
         if not entry.closed:
             entry.finish(False, outcome)
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        for token, entry in list(self._entries.items()):
+        for entry in list(self._entries.values()):
             if entry.closed or entry.expires_at <= now:
-                self._entries.pop(token, None)
+                self.discard(entry, "This link expired. Nothing was stored.")
 
     async def url_for(self, entry: PendingInput, request: Any = None) -> str:
         if self.public_url:
@@ -214,8 +229,11 @@ class SecureInputBroker:
 
     async def _submit(self, entry: PendingInput, scope: Scope, receive: Receive, send: Send) -> None:
         origin = header(scope, b"origin")
-        own = f"{scope.get('scheme', 'http')}://{header(scope, b'host') or ''}"
-        if origin is not None and origin.rstrip("/").lower() != own.lower():
+        own = {f"{scope.get('scheme', 'http')}://{header(scope, b'host') or ''}".lower()}
+        if self.public_url:  # behind a TLS-terminating proxy the browser's origin is the public one
+            parts = urlsplit(self.public_url)
+            own.add(f"{parts.scheme}://{parts.netloc}".lower())
+        if origin is not None and origin.rstrip("/").lower() not in own:
             await _page(send, 403, "Forbidden", "This form can only be submitted from its own page.")
             return
         ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
@@ -267,8 +285,11 @@ def _form(entry: PendingInput, error: str | None = None) -> str:
     problem = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     return (
         f"<p>Enter the <strong>{html.escape(kind)}</strong> for the Danube service "
-        f"<code>{html.escape(entry.service_id)}</code>. It goes straight to danube-mcp and on to "
-        "Danube; the assistant never sees it.</p>"
+        f"<code>{html.escape(entry.service_id)}</code>"
+        + (f", to be stored in {html.escape(entry.account)}" if entry.account else "")
+        + ". It goes straight to danube-mcp and on to Danube; the assistant never sees it.</p>"
+        '<p class="small"><strong>Only continue if you asked your own assistant to store this '
+        "credential just now.</strong> Never enter a credential on a link someone else sent you.</p>"
         f"{problem}"
         '<form method="post" autocomplete="off">'
         '<label for="credential_value">Credential</label>'

@@ -217,11 +217,13 @@ class StoreCredentialTool:
         result, _ = await self._store(store, key)
         return result
 
-    async def _store(self, store: StoreRequest, key: str | None) -> tuple[types.ServerResult, str | None]:
+    async def _store(
+        self, store: StoreRequest, key: str | None, *, strict_fields: bool = False
+    ) -> tuple[types.ServerResult, str | None]:
         """Store, and return the result with (for error results) its text."""
         try:
             with SECRETS.holding(store.credential_value, key):
-                result = await self.client.store_credential(store, api_key=key)
+                result = await self.client.store_credential(store, api_key=key, strict_fields=strict_fields)
         except MissingApiKey:
             text = self._missing_key_message()
         except DanubeError as exc:
@@ -267,19 +269,29 @@ class StoreCredentialTool:
                 "(URL-mode elicitation). Ask the user to provide the credential, confirm, and pass it "
                 "as credential_value."
             )
-        entry = broker.create(store.service_id, store.credential_type)
+        account_key = key if key is not None else self.client.default_key_hint_source()
+        entry = broker.create(store.service_id, store.credential_type, account=_key_hint(account_key))
         try:
             url = await broker.url_for(entry, getattr(ctx, "request", None))
             kind = "bearer token" if store.credential_type == "bearer" else "API key"
-            answer = await session.elicit_url(
-                message=(
-                    f"Enter the {kind} for Danube service {store.service_id} on a private page. "
-                    "It goes straight to danube-mcp; the assistant never sees it."
-                ),
-                url=url,
-                elicitation_id=entry.elicitation_id,
-                related_request_id=ctx.request_id,
-            )
+            answer = None
+            # The link's lifetime bounds the wait for the client's answer too.
+            with anyio.move_on_after(entry.remaining()):
+                answer = await session.elicit_url(
+                    message=(
+                        f"Enter the {kind} for Danube service {store.service_id} on a private page. "
+                        "It goes straight to danube-mcp; the assistant never sees it."
+                    ),
+                    url=url,
+                    elicitation_id=entry.elicitation_id,
+                    related_request_id=ctx.request_id,
+                )
+            if answer is None:
+                broker.discard(entry, "This link expired. Nothing was stored.")
+                return self._error(
+                    "The MCP client did not answer the secure input request before the link expired. "
+                    "Nothing was stored; call the tool again (without credential_value) for a new link."
+                )
             if answer.action != "accept":
                 verb = "declined" if answer.action == "decline" else "cancelled"
                 broker.discard(entry, f"The request was {verb} in your MCP client. Nothing was stored.")
@@ -295,7 +307,7 @@ class StoreCredentialTool:
                     "The secure input page expired before the credential was entered. Nothing was "
                     "stored; call the tool again (without credential_value) for a new link."
                 )
-            result, error_text = await self._store(broker.request_for(entry), key)
+            result, error_text = await self._store(broker.request_for(entry), key, strict_fields=True)
             if error_text is None:
                 entry.finish(True, "The credential was stored.")
             else:
@@ -309,7 +321,20 @@ class StoreCredentialTool:
                 "and pass it as credential_value."
             )
         finally:
-            broker.discard(entry)
+            broker.discard(
+                entry,
+                "This request was cancelled while the credential was being stored: it may or may "
+                "not have been stored."
+                if entry.submitted.is_set()
+                else "This request was cancelled. Nothing was stored.",
+            )
+
+
+def _key_hint(key: str | None) -> str:
+    """Which Danube account a page stores into, without revealing the key."""
+    if not key or len(key) < 16:
+        return ""
+    return f"the Danube account of the API key ending in ...{key[-4:]}"
 
 
 def build_server(

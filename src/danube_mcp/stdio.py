@@ -288,6 +288,8 @@ class _ThreadIO:
         self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._room = threading.Semaphore(256)  # back-pressure on a flood of input lines
         self._out_queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._out_room = asyncio.Event()
+        self._out_room.set()
         self._splitter = _LineSplitter(self._push, lambda: self.write(TOO_LARGE))
         self._reader = threading.Thread(target=self._read, name="danube-mcp-stdin", daemon=True)
         self._writer = threading.Thread(target=self._write, name="danube-mcp-stdout", daemon=True)
@@ -310,12 +312,17 @@ class _ThreadIO:
                 self._loop.call_soon_threadsafe(self._incoming.put_nowait, None)
 
     def _write(self) -> None:
-        while (data := self._out_queue.get()) is not None:
-            try:
+        try:
+            while (data := self._out_queue.get()) is not None:
                 self._out.write(data)
                 self._out.flush()
-            except (OSError, ValueError):
-                return  # the client went away: nothing more can be said
+                if not self._out_room.is_set() and self._out_queue.qsize() <= 64:
+                    self._loop.call_soon_threadsafe(self._out_room.set)
+        except (OSError, ValueError, RuntimeError):
+            pass  # the client went away (or the loop did): nothing more can be said
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._out_room.set)
 
     async def next_line(self) -> bytes | None:
         line = await self._incoming.get()
@@ -327,7 +334,10 @@ class _ThreadIO:
         self._out_queue.put(data)
 
     async def drain(self) -> None:
-        return None
+        # Bounded: wait while the writer thread is far behind (a client that stopped reading).
+        if self._out_queue.qsize() > 256 and self._writer.is_alive():
+            self._out_room.clear()
+            await self._out_room.wait()
 
     async def close(self) -> None:
         self._out_queue.put(None)
@@ -380,10 +390,12 @@ async def stdio_transport(
                     continue
                 if isinstance(parsed, bytes):
                     io.write(parsed)
+                    await io.drain()  # a client that sends junk and never reads cannot grow memory
                     continue
                 rejected = _unknown_method(parsed)
                 if rejected is not None:
                     io.write(rejected)
+                    await io.drain()
                     continue
                 await read_send.send(parsed)
 

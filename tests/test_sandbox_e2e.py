@@ -197,3 +197,23 @@ def test_mcp_json_example_matches_the_readme() -> None:
     assert servers["danube-http"]["url"].endswith("/mcp")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "mcp.json.example" in readme and '"args": ["--sandbox"]' in readme
+
+
+def test_quick_start_on_a_fresh_home(tmp_path: Path) -> None:
+    """The README's quick start: no data folder yet, nothing but --sandbox --self-test."""
+    out = run_cli("--sandbox", "--self-test", HOME=str(tmp_path / "home"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "result:            OK" in out.stdout
+    db = tmp_path / "home" / ".local" / "share" / "danube-mcp" / "sandbox.db"
+    assert db.exists() and (db.stat().st_mode & 0o777) == 0o600
+
+
+def test_unusable_sandbox_database_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    out = run_cli("--sandbox", "--sandbox-db", str(blocker / "s.db"))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("danube-mcp: cannot ")
+    assert "sandbox database" in lines[0]
+    assert out.stdout == ""

@@ -56,7 +56,7 @@ def open_backend(
     from danube_mcp.sandbox import DEMO_API_KEY, create_app, open_store
     from danube_mcp.sandbox.cli import default_db_path
 
-    db = sandbox_db or str(default_db_path())
+    db = sandbox_db or str(default_db_path(create_folder=True))
     store = open_store(db)
     app = create_app(store, api_keys=[DEMO_API_KEY])
     logger.warning(

@@ -176,6 +176,18 @@ async def serve_stdio(opts: RunOptions) -> None:
         await backend.aclose()
 
 
+def _check_sandbox(db: str | None) -> str | None:
+    """Open and close the sandbox database once; the reason it cannot be used, or None."""
+    from danube_mcp.sandbox import SandboxError, open_store
+    from danube_mcp.sandbox.cli import default_db_path
+
+    try:
+        open_store(db or str(default_db_path(create_folder=True))).close()
+    except SandboxError as exc:
+        return str(exc)
+    return None
+
+
 def _fast_exit(code: int) -> None:
     """End a stdio server at once after its clean shutdown.
 
@@ -228,6 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import anyio
 
     try:
+        if opts.sandbox:
+            # Open the sandbox now, so a database or key problem is one clear line, not a traceback.
+            problem = _check_sandbox(opts.sandbox_db)
+            if problem:
+                print(f"danube-mcp: {problem}", file=sys.stderr)
+                return 2
         if transport == "stdio":
             anyio.run(serve_stdio, opts)
             # Only for the real command, and never under a profiler, debugger or coverage tool,

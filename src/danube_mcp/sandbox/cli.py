@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -32,11 +33,18 @@ EXIT_STARTUP_FAILURE = 1
 log = logging.getLogger("danube_mcp.sandbox")
 
 
-def default_db_path() -> Path:
-    """``$XDG_DATA_HOME/danube-mcp/sandbox.db``, else ``~/.local/share/danube-mcp/sandbox.db``."""
+def default_db_path(*, create_folder: bool = False) -> Path:
+    """``$XDG_DATA_HOME/danube-mcp/sandbox.db``, else ``~/.local/share/danube-mcp/sandbox.db``.
+
+    ``create_folder`` makes the folder (mode 0700) when it is missing, as on a fresh machine; an
+    explicit ``--db`` path is never created, so a typo fails loudly instead."""
     xdg = os.environ.get("XDG_DATA_HOME", "")
     base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    return base / "danube-mcp" / "sandbox.db"
+    path = base / "danube-mcp" / "sandbox.db"
+    if create_folder:
+        with contextlib.suppress(OSError):  # open_store reports an unusable location clearly
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
 
 
 class _StderrParser(argparse.ArgumentParser):

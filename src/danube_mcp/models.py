@@ -21,7 +21,6 @@ MAX_CREDENTIAL_VALUE = 16384
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # Argument names that are safe to quote in an error: short, letters and separators only.
 _PLAIN_NAME = re.compile(r"^[A-Za-z][A-Za-z_-]{0,31}$")
-_REFERENCE = re.compile(r"^(?:vault://[^\s/#]+/[^\s#]+#[^\s#]+|env://[A-Za-z_][A-Za-z0-9_]*)$")
 
 _JSON_TYPE_NAMES: Final = {
     type(None): "null",
@@ -40,11 +39,6 @@ class ArgumentError(ValueError):
 
 def _json_type(value: object) -> str:
     return _JSON_TYPE_NAMES.get(type(value), "value")
-
-
-def looks_like_reference(value: str) -> bool:
-    """``vault://mount/path#field`` or ``env://NAME``: Danube stores a reference, not the secret."""
-    return _REFERENCE.match(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,11 +38,12 @@ def is_placeholder(value: str) -> bool:
     return (v.startswith("${") and v.endswith("}")) or (v.startswith("{{") and v.endswith("}}"))
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address (IPv6 with or without brackets)."""
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
@@ -64,7 +65,7 @@ def normalize_api_url(raw: str, var: str = "DANUBE_API_URL") -> str:
         raise ConfigError(f"{var} must be an http:// or https:// URL with a host")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"{var} must not contain credentials, a query or a fragment")
-    if parts.scheme == "http" and not _is_loopback_host(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise ConfigError(
             f"{var} uses plain http:// for a non-loopback host; use https:// so the API key "
             "never crosses a network in clear text"
@@ -149,7 +150,7 @@ def _public_url(raw: str | None) -> str | None:
         raise ConfigError(
             "DANUBE_MCP_PUBLIC_URL must be an http:// or https:// URL without query or fragment"
         )
-    if parts.scheme == "http" and not _is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ConfigError("DANUBE_MCP_PUBLIC_URL must use https:// for a non-loopback host")
     return raw.strip().rstrip("/")
 

@@ -40,7 +40,7 @@ from danube_mcp.errors import (
     ValidationFailed,
 )
 from danube_mcp.models import StoreRequest, StoreResult
-from danube_mcp.redact import Scrubber, clean_message
+from danube_mcp.redact import Scrubber, clean_message, key_tail
 from danube_mcp.tls import TrustRoots
 
 # httpcore runs `import sniffio` on every request to detect the async library. When sniffio is not
@@ -245,9 +245,9 @@ class DanubeClient:
 
     # ----------------------------------------------------------------------------------------
 
-    def default_key_hint_source(self) -> str | None:
-        """The client's own key, for a masked hint of which account a store goes to."""
-        return self._api_key
+    def key_tail(self, api_key: str | None = None) -> str | None:
+        """The last characters of the key a store would use, to show which account it goes to."""
+        return key_tail(api_key if api_key is not None else self._api_key)
 
     async def store_credential(
         self, request: StoreRequest, *, api_key: str | None = None, strict_fields: bool = False

@@ -34,6 +34,7 @@ from danube_mcp.asgi import Message, Receive, Scope, Send, header, read_body
 from danube_mcp.backend import Backend, open_backend
 from danube_mcp.config import ConfigError, Settings, is_placeholder, load_settings
 from danube_mcp.http_options import Allowlist, HttpOptions, env_bool
+from danube_mcp.jsonutil import loads_strict
 from danube_mcp.logs import SECRETS
 from danube_mcp.secure_input import PATH_PREFIX as SECURE_INPUT_PREFIX
 from danube_mcp.secure_input import SecureInputBroker
@@ -100,8 +101,8 @@ def _json_ok(body: bytes) -> bool:
     if not body.strip():
         return True
     try:
-        json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        loads_strict(body)
+    except ValueError:
         return False
     return True
 

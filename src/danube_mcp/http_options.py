@@ -5,26 +5,16 @@ keep a server safe to expose: the Host/Origin allow-list and the refusal of unsa
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from danube_mcp.config import ConfigError, Settings, is_placeholder
+from danube_mcp.config import ConfigError, Settings, is_loopback_host, is_placeholder, parse_bool
 
 MIN_TOKEN_LENGTH: Final = 16
 DEFAULT_PORT: Final = 8000
 LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "[::1]")
-
-
-def is_loopback_bind(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _split_env_list(name: str) -> list[str]:
@@ -33,12 +23,7 @@ def _split_env_list(name: str) -> list[str]:
 
 
 def env_bool(name: str) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{name} must be 1/true/yes/on or 0/false/no/off")
+    return parse_bool(os.environ.get(name), name)
 
 
 def _read_token(path: str | None) -> str | None:
@@ -135,7 +120,7 @@ class HttpOptions:
         ``bind_known`` is False under an external ASGI server (``uvicorn --factory``): the address
         it binds is not visible from here, so it is treated as public.
         """
-        public = not (bind_known and is_loopback_bind(self.host))
+        public = not (bind_known and is_loopback_host(self.host))
         if not public:
             return
         where = f"bind {self.host}" if bind_known else "serve under an external ASGI server (address unknown)"

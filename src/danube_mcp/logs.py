@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final, TextIO
 
-REDACTED: Final = "[REDACTED]"
+from danube_mcp.redact import REDACTED, contains_fragment
 
 # Substrings of SDK/library log records that carry message bodies or argument values.
 DROP_MARKERS: Final = (
@@ -44,16 +44,6 @@ DISCONNECT_EXCEPTIONS: Final = frozenset({"ClosedResourceError", "BrokenResource
 
 # Loggers that print message contents at DEBUG: kept at INFO or above whatever the level asked.
 NOISY_LOGGERS: Final = ("mcp", "sse_starlette", "httpcore", "hpack")
-
-
-FRAGMENT: Final = 8
-
-
-def contains_fragment(text: str, secret: str) -> bool:
-    """True if ``text`` holds any ``FRAGMENT``-long piece of a secret of twice that length or more."""
-    if len(secret) < FRAGMENT * 2:
-        return False
-    return any(secret[i : i + FRAGMENT] in text for i in range(len(secret) - FRAGMENT + 1))
 
 
 class SecretRegistry:

@@ -33,6 +33,13 @@ _JSON_TYPE_NAMES: Final = {
 }
 
 
+def credential_label(credential_type: str) -> str:
+    """How a credential type reads in a sentence: 'bearer token', 'API key'."""
+    return {"bearer": "bearer token", "api_key": "API key"}.get(
+        credential_type, f"{credential_type} credential"
+    )
+
+
 class ArgumentError(ValueError):
     """Invalid tool arguments. The message names fields and problems, never values."""
 

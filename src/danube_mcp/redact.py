@@ -12,10 +12,22 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import quote, quote_plus
 
-from danube_mcp.logs import FRAGMENT
-
 REDACTED: Final = "[REDACTED]"
 MAX_MESSAGE_CHARS: Final = 300
+# A run of this many characters of a secret of at least twice that length counts as a leak.
+FRAGMENT: Final = 8
+
+
+def contains_fragment(text: str, secret: str) -> bool:
+    """True if ``text`` holds any ``FRAGMENT``-long piece of a secret of twice that length or more."""
+    if len(secret) < FRAGMENT * 2:
+        return False
+    return any(secret[i : i + FRAGMENT] in text for i in range(len(secret) - FRAGMENT + 1))
+
+
+def key_tail(key: str | None) -> str | None:
+    """The last four characters of a key long enough that they identify it without giving it away."""
+    return key[-4:] if key and len(key) >= 16 else None
 
 
 def _variants(secret: str) -> set[str]:
@@ -62,7 +74,7 @@ class Scrubber:
         if self._lenient is True:
             secrets = [s for s in secrets if len(s) >= FRAGMENT]
         self._variants = sorted({v for s in secrets for v in _variants(s)}, key=len, reverse=True)
-        # Every FRAGMENT-long piece of each long-enough secret (see logs.contains_fragment).
+        # Every FRAGMENT-long piece of each long-enough secret: contains_fragment, precomputed.
         self._grams = frozenset(
             s[i : i + FRAGMENT]
             for s in secrets

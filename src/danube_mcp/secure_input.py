@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from danube_mcp.asgi import Receive, Scope, Send, header, read_body
 from danube_mcp.logs import SECRETS
-from danube_mcp.models import ArgumentError, StoreRequest, parse_arguments
+from danube_mcp.models import ArgumentError, StoreRequest, credential_label, parse_arguments
 
 logger = logging.getLogger("danube_mcp.secure_input")
 
@@ -281,7 +281,7 @@ class SecureInputBroker:
 
 
 def _form(entry: PendingInput, error: str | None = None) -> str:
-    kind = "bearer token" if entry.credential_type == "bearer" else "API key"
+    kind = credential_label(entry.credential_type)
     problem = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     return (
         f"<p>Enter the <strong>{html.escape(kind)}</strong> for the Danube service "

@@ -15,6 +15,7 @@ import anyio
 
 from danube_mcp import __version__
 from danube_mcp.config import load_settings
+from danube_mcp.redact import key_tail
 
 DEMO_ARGUMENTS = {
     "service_id": "svc_openai_001",
@@ -28,8 +29,7 @@ def mask(secret: str | None) -> str:
     """Enough to recognise a key, never enough to use it."""
     if not secret:
         return "missing"
-    tail = secret[-4:] if len(secret) >= 16 else ""
-    return f"present (****{tail}, {len(secret)} characters)"
+    return f"present (****{key_tail(secret) or ''}, {len(secret)} characters)"
 
 
 async def _run(sandbox: bool, sandbox_db: str | None, log_level: str, out: list[str]) -> bool:

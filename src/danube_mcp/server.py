@@ -33,6 +33,7 @@ from danube_mcp.models import (
     ArgumentError,
     StoreRequest,
     StoreResult,
+    credential_label,
     input_schema,
     parse_arguments,
 )
@@ -105,9 +106,7 @@ def error_result(text: str) -> types.ServerResult:
 
 
 def summary_text(result: StoreResult) -> str:
-    kind = "bearer token" if result.credential_type == "bearer" else "API key"
-    if result.credential_type not in ("bearer", "api_key"):
-        kind = f"{result.credential_type} credential"
+    kind = credential_label(result.credential_type)
     text = (
         f"Stored the {kind} for {result.service_name} (service_id {result.service_id}). "
         "It replaces any credential stored before for this service."
@@ -269,11 +268,12 @@ class StoreCredentialTool:
                 "(URL-mode elicitation). Ask the user to provide the credential, confirm, and pass it "
                 "as credential_value."
             )
-        account_key = key if key is not None else self.client.default_key_hint_source()
-        entry = broker.create(store.service_id, store.credential_type, account=_key_hint(account_key))
+        tail = self.client.key_tail(key)
+        account = f"the Danube account of the API key ending in ...{tail}" if tail else ""
+        entry = broker.create(store.service_id, store.credential_type, account=account)
         try:
             url = await broker.url_for(entry, getattr(ctx, "request", None))
-            kind = "bearer token" if store.credential_type == "bearer" else "API key"
+            kind = credential_label(store.credential_type)
             answer = None
             # The link's lifetime bounds the wait for the client's answer too.
             with anyio.move_on_after(entry.remaining()):
@@ -328,13 +328,6 @@ class StoreCredentialTool:
                 if entry.submitted.is_set()
                 else "This request was cancelled. Nothing was stored.",
             )
-
-
-def _key_hint(key: str | None) -> str:
-    """Which Danube account a page stores into, without revealing the key."""
-    if not key or len(key) < 16:
-        return ""
-    return f"the Danube account of the API key ending in ...{key[-4:]}"
 
 
 def build_server(

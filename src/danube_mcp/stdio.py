@@ -35,6 +35,8 @@ from mcp import types
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from danube_mcp.jsonutil import loads_strict
+
 MAX_LINE_BYTES: Final = 4 * 1024 * 1024
 _READ_CHUNK: Final = 64 * 1024
 
@@ -133,8 +135,8 @@ _INVALID: Final = object()
 def _loads(line: bytes) -> Any:
     """Strict JSON: UTF-8 only (no encoded surrogates), bounded nesting; ``_INVALID`` otherwise."""
     try:
-        return json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return loads_strict(line)
+    except ValueError:
         return _INVALID
 
 

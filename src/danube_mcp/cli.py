@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from danube_mcp import __version__
 
 if TYPE_CHECKING:
+    from danube_mcp.backend import Backend
     from danube_mcp.config import Settings
     from danube_mcp.tls import TrustRoots
 
@@ -143,17 +144,15 @@ def resolve(args: argparse.Namespace, tls: TrustRoots | None = None) -> RunOptio
     )
 
 
-async def serve_stdio(opts: RunOptions) -> None:
+async def serve_stdio(opts: RunOptions, backend: Backend) -> None:
     from danube_mcp._lightimport import import_mcp_lightly
 
     import_mcp_lightly()
-    from danube_mcp.backend import open_backend
     from danube_mcp.secure_input import SecureInputBroker
     from danube_mcp.server import build_server
     from danube_mcp.stdio import claim_stdout, stdio_transport
 
     protocol_out = claim_stdout()
-    backend = open_backend(opts.settings, sandbox=opts.sandbox, sandbox_db=opts.sandbox_db, tls=opts.tls)
     broker = SecureInputBroker(ttl=opts.settings.secure_input_ttl) if opts.secure_input else None
     try:
         server = build_server(
@@ -176,16 +175,20 @@ async def serve_stdio(opts: RunOptions) -> None:
         await backend.aclose()
 
 
-def _check_sandbox(db: str | None) -> str | None:
-    """Open and close the sandbox database once; the reason it cannot be used, or None."""
-    from danube_mcp.sandbox import SandboxError, open_store
-    from danube_mcp.sandbox.cli import default_db_path
+def open_process_backend(opts: RunOptions) -> Backend | None:
+    """The process-wide Danube client, opened once for whichever transport runs. A sandbox whose
+    database or key cannot be used is one clear line on stderr (and None), not a traceback."""
+    from danube_mcp.backend import open_backend
+
+    if not opts.sandbox:
+        return open_backend(opts.settings, tls=opts.tls)
+    from danube_mcp.sandbox import SandboxError
 
     try:
-        open_store(db or str(default_db_path(create_folder=True))).close()
+        return open_backend(opts.settings, sandbox=True, sandbox_db=opts.sandbox_db, tls=opts.tls)
     except SandboxError as exc:
-        return str(exc)
-    return None
+        print(f"danube-mcp: {exc}", file=sys.stderr)
+        return None
 
 
 def _fast_exit(code: int) -> None:
@@ -240,27 +243,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     import anyio
 
     try:
-        if opts.sandbox:
-            # Open the sandbox now, so a database or key problem is one clear line, not a traceback.
-            problem = _check_sandbox(opts.sandbox_db)
-            if problem:
-                print(f"danube-mcp: {problem}", file=sys.stderr)
+        http_opts = None
+        if transport != "stdio":
+            from danube_mcp.http_options import HttpOptions
+
+            try:
+                http_opts = HttpOptions.resolve(args, transport, opts.settings)
+            except ConfigError as exc:
+                print(f"danube-mcp: {exc}", file=sys.stderr)
                 return 2
-        if transport == "stdio":
-            anyio.run(serve_stdio, opts)
+        backend = open_process_backend(opts)
+        if backend is None:
+            return 2
+        if http_opts is None:
+            anyio.run(serve_stdio, opts, backend)
             # Only for the real command, and never under a profiler, debugger or coverage tool,
             # which write their results at interpreter exit.
             if argv is None and sys.getprofile() is None and sys.gettrace() is None:
                 _fast_exit(0)
             return 0
         from danube_mcp.http import serve_http
-        from danube_mcp.http_options import HttpOptions
 
-        try:
-            http_opts = HttpOptions.resolve(args, transport, opts.settings)
-        except ConfigError as exc:
-            print(f"danube-mcp: {exc}", file=sys.stderr)
-            return 2
-        return serve_http(opts, http_opts)
+        return serve_http(opts, http_opts, backend)
     except KeyboardInterrupt:
         return 130

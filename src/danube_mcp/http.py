@@ -420,7 +420,7 @@ def create_app(
 SHUTDOWN_GRACE: Final = 3.0
 
 
-def serve_http(run: Any, options: HttpOptions) -> int:
+def serve_http(run: Any, options: HttpOptions, backend: Backend) -> int:
     """Serve with uvicorn until SIGINT/SIGTERM; report the bound address on stderr.
 
     Graceful shutdown: on the first signal, new MCP requests get 503 while calls in flight have
@@ -433,7 +433,7 @@ def serve_http(run: Any, options: HttpOptions) -> int:
     import uvicorn
     from sse_starlette.sse import AppStatus
 
-    app = create_app(run.settings, options, sandbox=run.sandbox, sandbox_db=run.sandbox_db)
+    app = create_app(run.settings, options, backend=backend)
     # sse-starlette would end every open SSE response (and with it the answers of calls in
     # flight) on the first signal; the drain below decides when streams close instead.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]

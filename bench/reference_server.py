@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Literal
 
-import httpx
+import httpx2
 import uvicorn
 from mcp.server.fastmcp import FastMCP
 from pydantic import BaseModel
@@ -26,14 +26,14 @@ class StoreResult(BaseModel):
 
 
 mcp = FastMCP("danube-reference")
-_client: httpx.AsyncClient | None = None
+_client: httpx2.AsyncClient | None = None
 
 
-def upstream() -> httpx.AsyncClient:
+def upstream() -> httpx2.AsyncClient:
     """One process-wide client, created on first use."""
     global _client
     if _client is None:
-        _client = httpx.AsyncClient(
+        _client = httpx2.AsyncClient(
             base_url=os.environ.get("DANUBE_API_URL", "https://api.danubeai.com"),
             headers={"danube-api-key": os.environ.get("DANUBE_API_KEY", "")},
             timeout=30.0,

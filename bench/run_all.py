@@ -133,7 +133,7 @@ def finite(obj: object) -> object:
 
 def environment() -> Json:
     info: Json = {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
-    for pkg in ("mcp", "httpx", "uvicorn", "starlette", "pydantic", "anyio"):
+    for pkg in ("mcp", "httpx2", "uvicorn", "starlette", "pydantic", "anyio"):
         with contextlib.suppress(PackageNotFoundError):
             info[pkg] = version(pkg)
     with contextlib.suppress(OSError):

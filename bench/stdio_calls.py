@@ -10,7 +10,7 @@ import socket
 import time
 from collections import defaultdict
 
-import httpx
+import httpx2
 
 from _common import (
     API_KEY,
@@ -70,7 +70,7 @@ class RawPost:
         self.sock.close()
 
 
-def httpx_timed(client: httpx.Client, n: int) -> list[float]:
+def httpx_timed(client: httpx2.Client, n: int) -> list[float]:
     pc = time.perf_counter
     out = []
     headers = {"danube-api-key": API_KEY, "content-type": "application/json"}
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> Json:
         up = stack.enter_context(upstream(args.upstream))
         env = server_env(up.url, args.env)
         clients = {side: stack.enter_context(stdio_server(cmd, env)) for side, cmd in servers.items()}
-        hx = stack.enter_context(httpx.Client(base_url=up.url))
+        hx = stack.enter_context(httpx2.Client(base_url=up.url))
         raw = RawPost(up)
         stack.callback(raw.close)
         for c in clients.values():
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> Json:
         "stdio call p50": figure(pct(ms[o], 50), pct(ms[r], 50), "ms"),
         "stdio call p99": figure(pct(ms[o], 99), pct(ms[r], 99), "ms"),
         "p50 overhead above direct POST": figure(pct(ms[o], 50) - base, pct(ms[r], 50) - base, "ms"),
-        "p50 overhead above direct httpx POST": figure(
+        "p50 overhead above direct httpx2 POST": figure(
             pct(ms[o], 50) - base_httpx, pct(ms[r], 50) - base_httpx, "ms"
         ),
         "server CPU per stdio call": paired_figure(cpu_per_call[o], cpu_per_call[r], "ms"),

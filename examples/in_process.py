@@ -3,16 +3,16 @@
 import asyncio
 import json
 
-import httpx
+import httpx2
 from mcp.shared.memory import create_connected_server_and_client_session
 
-from danube_mcp.danube import DanubeClient
-from danube_mcp.server import build_server
+from danube_mcp.danube.client import DanubeClient
+from danube_mcp.tool.handler import build_server
 
 
-def fake_danube(request: httpx.Request) -> httpx.Response:
+def fake_danube(request: httpx2.Request) -> httpx2.Response:
     body = json.loads(request.content)
-    return httpx.Response(
+    return httpx2.Response(
         200,
         json={
             "success": True,
@@ -27,7 +27,7 @@ async def main() -> None:
     client = DanubeClient(
         base_url="https://api.danubeai.com",
         api_key="test-key",
-        transport=httpx.MockTransport(fake_danube),
+        transport=httpx2.MockTransport(fake_danube),
     )
     async with client, create_connected_server_and_client_session(build_server(client)) as session:
         result = await session.call_tool(

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
+import httpx2
 
 SRC_DIR = Path(__file__).resolve().parent.parent / "src"
 LISTENING = re.compile(r"listening on (http://\S+)")
@@ -157,7 +157,7 @@ def start_sandbox(
 
 async def sandbox_stats(url: str) -> dict[str, Any]:
     """``GET /v1/_stats`` of a running sandbox: ``{"store_requests": n, "stored": n}``."""
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+    async with httpx2.AsyncClient(base_url=url, timeout=10.0) as client:
         response = await client.get("/v1/_stats")
         response.raise_for_status()
         stats: dict[str, Any] = response.json()

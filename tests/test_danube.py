@@ -1,4 +1,4 @@
-"""Unit tests for the Danube REST client (``danube_mcp.danube``), driven through ``httpx.MockTransport``.
+"""Unit tests for the Danube REST client (``danube_mcp.danube.client``), driven through ``httpx2.MockTransport``.
 
 The client's ``_sleep`` is replaced with a recorder (no real waiting) and ``_random`` with a fixed
 value, so retry delays are exact. Only the call-budget tests use real time, against the budget.
@@ -17,13 +17,13 @@ from email.utils import format_datetime
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from danube_mcp import __version__
-from danube_mcp.danube import (
+from danube_mcp.danube.client import (
     BACKOFF_CAP,
     MAX_RESPONSE_BYTES,
     RETRY_AFTER_CAP,
@@ -41,8 +41,8 @@ from danube_mcp.danube import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from danube_mcp.models import StoreRequest, StoreResult
-from danube_mcp.redact import MAX_MESSAGE_CHARS, REDACTED, scrub
+from danube_mcp.tool.schema import StoreRequest, StoreResult
+from danube_mcp.danube.redact import MAX_MESSAGE_CHARS, REDACTED, scrub
 
 BASE = "https://danube.test"
 KEY = "sk-CANARY-KEY-7f3a9c2e41b8d6057a1c3e9f"  # 40 characters
@@ -69,7 +69,7 @@ def anyio_backend() -> str:
 # --------------------------------------------------------------------------------------------
 # Harness
 
-Step = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
+Step = Callable[[httpx2.Request], httpx2.Response | Awaitable[httpx2.Response]]
 
 
 def reply(
@@ -82,18 +82,18 @@ def reply(
 ) -> Step:
     """A step answering with a fresh response each time: JSON ``body``, or raw ``content``."""
 
-    def step(request: httpx.Request) -> httpx.Response:
+    def step(request: httpx2.Request) -> httpx2.Response:
         if content is not None:
-            return httpx.Response(status, content=content, headers=headers, extensions=extensions)
+            return httpx2.Response(status, content=content, headers=headers, extensions=extensions)
         if body is not None:
-            return httpx.Response(status, json=body, headers=headers, extensions=extensions)
-        return httpx.Response(status, headers=headers, extensions=extensions)
+            return httpx2.Response(status, json=body, headers=headers, extensions=extensions)
+        return httpx2.Response(status, headers=headers, extensions=extensions)
 
     return step
 
 
-def fail(exc_type: type[httpx.RequestError], message: str = "boom") -> Step:
-    def step(request: httpx.Request) -> httpx.Response:
+def fail(exc_type: type[httpx2.RequestError], message: str = "boom") -> Step:
+    def step(request: httpx2.Request) -> httpx2.Response:
         raise exc_type(message, request=request)
 
     return step
@@ -106,23 +106,23 @@ def ok(**extra: Any) -> Step:
 @dataclass
 class Harness:
     client: DanubeClient
-    requests: list[httpx.Request] = field(default_factory=list)
+    requests: list[httpx2.Request] = field(default_factory=list)
     sleeps: list[float] = field(default_factory=list)
 
 
 def make_harness(*script: Step, api_key: str | None = KEY, base_url: str = BASE, **kw: Any) -> Harness:
     """A client whose transport plays ``script`` in order, repeating the last step."""
     assert script
-    requests: list[httpx.Request] = []
+    requests: list[httpx2.Request] = []
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         requests.append(request)
         result = script[min(len(requests), len(script)) - 1](request)
-        if isinstance(result, httpx.Response):
+        if isinstance(result, httpx2.Response):
             return result
         return await result
 
-    client = DanubeClient(base_url=base_url, api_key=api_key, transport=httpx.MockTransport(handler), **kw)
+    client = DanubeClient(base_url=base_url, api_key=api_key, transport=httpx2.MockTransport(handler), **kw)
     h = Harness(client=client, requests=requests)
 
     async def fake_sleep(delay: float) -> None:
@@ -441,13 +441,13 @@ async def test_body_over_limit_is_malformed() -> None:
 async def test_streamed_body_over_limit_is_malformed() -> None:
     chunk = b"x" * 65536
 
-    class Chunks(httpx.AsyncByteStream):
+    class Chunks(httpx2.AsyncByteStream):
         async def __aiter__(self) -> AsyncIterator[bytes]:
             for _ in range(MAX_RESPONSE_BYTES // len(chunk) + 2):
                 yield chunk
 
-    def step(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, stream=Chunks())
+    def step(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=Chunks())
 
     exc, _ = await store_err(step, expected=MalformedResponse)
     assert "KiB" in str(exc)
@@ -730,10 +730,10 @@ async def test_control_characters_replaced() -> None:
     ("step", "cls"),
     [
         (reply(503, {"message": "down"}), ServerError),
-        (fail(httpx.ConnectError, "connection refused"), ConnectionFailed),
-        (fail(httpx.ReadTimeout, "timed out"), UpstreamTimeout),
-        (fail(httpx.RemoteProtocolError, "peer closed"), ConnectionFailed),
-        (fail(httpx.ReadError, "reset"), ConnectionFailed),
+        (fail(httpx2.ConnectError, "connection refused"), ConnectionFailed),
+        (fail(httpx2.ReadTimeout, "timed out"), UpstreamTimeout),
+        (fail(httpx2.RemoteProtocolError, "peer closed"), ConnectionFailed),
+        (fail(httpx2.ReadError, "reset"), ConnectionFailed),
     ],
 )
 async def test_attempt_counts(max_retries: int, step: Step, cls: type[DanubeError]) -> None:
@@ -749,7 +749,7 @@ async def test_attempt_counts(max_retries: int, step: Step, cls: type[DanubeErro
 
 @pytest.mark.anyio
 async def test_connection_error_message_names_url() -> None:
-    exc, _ = await store_err(fail(httpx.ConnectError, "refused"), expected=ConnectionFailed, max_retries=0)
+    exc, _ = await store_err(fail(httpx2.ConnectError, "refused"), expected=ConnectionFailed, max_retries=0)
     assert BASE in str(exc)
     assert exc.status is None
 
@@ -757,7 +757,7 @@ async def test_connection_error_message_names_url() -> None:
 @pytest.mark.anyio
 async def test_recovers_after_transient_failures() -> None:
     result, h = await store_ok(
-        reply(503), fail(httpx.ConnectError), fail(httpx.ReadTimeout), ok(), max_retries=3
+        reply(503), fail(httpx2.ConnectError), fail(httpx2.ReadTimeout), ok(), max_retries=3
     )
     assert result.service_name == "OpenAI"
     assert len(h.requests) == 4
@@ -883,7 +883,7 @@ async def test_backoff_grows_and_is_capped() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(("rand", "expected"), [(0.0, [0.25, 0.5, 1.0]), (0.5, [0.375, 0.75, 1.5])])
 async def test_backoff_jitter_uses_random(rand: float, expected: list[float]) -> None:
-    h = make_harness(fail(httpx.ConnectError), max_retries=3)
+    h = make_harness(fail(httpx2.ConnectError), max_retries=3)
     h.client._random = lambda: rand
     async with h.client:
         with pytest.raises(ConnectionFailed):
@@ -906,9 +906,9 @@ async def test_backoff_that_would_overrun_budget_stops_retrying() -> None:
 
 @pytest.mark.anyio
 async def test_total_budget_bounds_slow_upstream() -> None:
-    async def slow(request: httpx.Request) -> httpx.Response:
+    async def slow(request: httpx2.Request) -> httpx2.Response:
         await anyio.sleep(5)
-        return httpx.Response(200, json=OK_BODY)
+        return httpx2.Response(200, json=OK_BODY)
 
     h = make_harness(slow, timeout=0.2, call_budget=0.5, max_retries=5)
     h.client._sleep = anyio.sleep
@@ -925,9 +925,9 @@ async def test_total_budget_bounds_slow_upstream() -> None:
 
 @pytest.mark.anyio
 async def test_per_attempt_timeout_bounds_each_attempt() -> None:
-    async def slow(request: httpx.Request) -> httpx.Response:
+    async def slow(request: httpx2.Request) -> httpx2.Response:
         await anyio.sleep(5)
-        return httpx.Response(200, json=OK_BODY)
+        return httpx2.Response(200, json=OK_BODY)
 
     h = make_harness(slow, timeout=0.2, call_budget=30.0, max_retries=0)
     started = time.monotonic()
@@ -1134,7 +1134,7 @@ def test_reprs_do_not_show_secrets() -> None:
     assert VALUE not in repr(REQ)
     assert VALUE not in str(REQ)
     client = DanubeClient(
-        base_url=BASE, api_key=KEY, transport=httpx.MockTransport(lambda r: httpx.Response(200))
+        base_url=BASE, api_key=KEY, transport=httpx2.MockTransport(lambda r: httpx2.Response(200))
     )
     assert KEY not in repr(client)
     assert KEY not in str(client)
@@ -1154,7 +1154,7 @@ async def test_missing_key_sends_nothing(client_key: str | None) -> None:
 
 
 def test_has_default_key() -> None:
-    transport = httpx.MockTransport(lambda r: httpx.Response(200))
+    transport = httpx2.MockTransport(lambda r: httpx2.Response(200))
     assert DanubeClient(base_url=BASE, api_key=KEY, transport=transport).has_default_key is True
     assert DanubeClient(base_url=BASE, transport=transport).has_default_key is False
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, cast
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from mcp import ClientSession, StdioServerParameters, types
@@ -901,8 +901,8 @@ async def recorded_stdio(
             tg.cancel_scope.cancel()
 
 
-class _TeeStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, sink: bytearray) -> None:
+class _TeeStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, sink: bytearray) -> None:
         self.inner = inner
         self.sink = sink
 
@@ -915,19 +915,19 @@ class _TeeStream(httpx.AsyncByteStream):
         await self.inner.aclose()
 
 
-class RecordingTransport(httpx.AsyncBaseTransport):
+class RecordingTransport(httpx2.AsyncBaseTransport):
     """Keeps the status line, headers and body of every HTTP response, as they arrive."""
 
     def __init__(self, wire: list[bytearray]) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = httpx2.AsyncHTTPTransport()
         self.wire = wire
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self.inner.handle_async_request(request)
         sink = bytearray(f"{response.status_code} {dict(response.headers)}\n".encode())
         self.wire.append(sink)
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        return httpx2.Response(
             response.status_code,
             headers=response.headers,
             stream=_TeeStream(response.stream, sink),
@@ -941,7 +941,7 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 @asynccontextmanager
 async def recorded_streamable(url: str, wire: list[bytearray]) -> AsyncIterator[ClientSession]:
     async with (
-        httpx.AsyncClient(transport=RecordingTransport(wire), timeout=30) as hc,
+        httpx2.AsyncClient(transport=RecordingTransport(wire), timeout=30) as hc,
         streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
         ClientSession(read, write) as session,
     ):

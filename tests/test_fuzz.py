@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
@@ -33,13 +33,13 @@ from hypothesis import strategies as st
 from mcp import ClientSession, types
 from mcp.shared.memory import create_connected_server_and_client_session
 
-from danube_mcp.danube import DanubeClient
-from danube_mcp.models import MAX_CREDENTIAL_VALUE, ArgumentError, StoreRequest, parse_arguments
+from danube_mcp.danube.client import DanubeClient
+from danube_mcp.tool.schema import MAX_CREDENTIAL_VALUE, ArgumentError, StoreRequest, parse_arguments
 from danube_mcp.sandbox import BUILTIN_SERVICES, DEMO_API_KEY, create_app, open_store
 from danube_mcp.sandbox.catalog import build_catalog, lookup
 from danube_mcp.sandbox.constants import MAX_BODY_BYTES
 from danube_mcp.sandbox.store import classify_value
-from danube_mcp.server import SANDBOX_PREFIX, TOOL_NAME, build_server
+from danube_mcp.tool.handler import SANDBOX_PREFIX, TOOL_NAME, build_server
 from procs import child_env, mcp_stdio
 
 CANARY = "sk-CANARY-fuzz-8c7d6e5f4a3b2910"
@@ -342,7 +342,7 @@ async def in_process_session() -> AsyncIterator[tuple[ClientSession, dict[str, i
         base_url="http://sandbox.invalid",
         api_key=DEMO_API_KEY,
         max_retries=0,
-        transport=httpx.ASGITransport(app=app),
+        transport=httpx2.ASGITransport(app=app),
     )
     server = build_server(client)
     try:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from mcp import ClientSession, types
 from mcp.client.sse import sse_client
@@ -44,7 +44,7 @@ async def streamable(
     url: str, headers: dict[str, str] | None = None, **session_kw: Any
 ) -> AsyncIterator[ClientSession]:
     async with (
-        httpx.AsyncClient(headers=headers or {}, timeout=30) as hc,
+        httpx2.AsyncClient(headers=headers or {}, timeout=30) as hc,
         streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
         ClientSession(read, write, **session_kw) as session,
     ):
@@ -104,7 +104,7 @@ async def test_legacy_sse_and_both_on_one_port(upstream: FakeUpstream) -> None:
             http_results = await exercise(session)
         assert_clean(srv, *(r.model_dump_json() for r in sse_results + http_results))
     with http_server(env_for(upstream), ("--transport", "sse")) as srv:
-        async with httpx.AsyncClient() as hc:
+        async with httpx2.AsyncClient() as hc:
             assert (await hc.post(f"{srv.url}/mcp", json={})).status_code == 404
 
 
@@ -140,7 +140,7 @@ async def test_require_client_key_refuses_calls_without_one(upstream: FakeUpstre
             placeholder = await session.call_tool("store_credential", ARGS)
         async with streamable(srv.url, {"danube-api-key": KEY_A}) as session:
             ok = await session.call_tool("store_credential", ARGS)
-        async with httpx.AsyncClient() as hc:
+        async with httpx2.AsyncClient() as hc:
             query = await hc.post(
                 f"{srv.url}/mcp?danube-api-key={KEY_B}",
                 json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
@@ -156,7 +156,7 @@ async def test_require_client_key_refuses_calls_without_one(upstream: FakeUpstre
 async def test_access_token(upstream: FakeUpstream) -> None:
     env = env_for(upstream, DANUBE_MCP_AUTH_TOKEN=TOKEN)
     with http_server(env, ("--transport", "http")) as srv:
-        async with httpx.AsyncClient() as hc:
+        async with httpx2.AsyncClient() as hc:
             init = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
             for headers in (
                 {},
@@ -195,15 +195,15 @@ async def test_host_and_origin_checks(upstream: FakeUpstream) -> None:
         port = srv.url.rsplit(":", 1)[1]
         body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 
-        async def post(headers: dict[str, str]) -> httpx.Response:
-            async with httpx.AsyncClient() as hc:
+        async def post(headers: dict[str, str]) -> httpx2.Response:
+            async with httpx2.AsyncClient() as hc:
                 return await hc.post(f"{srv.url}/mcp", json=body, headers={"accept": ACCEPT, **headers})
 
         assert (await post({"host": "evil.com"})).status_code == 421
         assert (await post({"host": f"evil.com:{port}"})).status_code == 421
         assert (await post({"origin": "http://evil.com"})).status_code == 403
         assert (await post({"origin": "null"})).status_code == 403
-        async with httpx.AsyncClient() as hc:
+        async with httpx2.AsyncClient() as hc:
             r = await hc.get(f"{srv.url}/sse", headers={"host": "evil.com"})
             assert r.status_code == 421
         # Allowed: loopback names with or without a port, the extra host and origin. A session
@@ -223,7 +223,7 @@ async def test_host_and_origin_checks(upstream: FakeUpstream) -> None:
 
 async def test_bodies_are_limited_and_never_echoed(upstream: FakeUpstream) -> None:
     with http_server(env_for(upstream), ("--transport", "http")) as srv:
-        async with httpx.AsyncClient() as hc:
+        async with httpx2.AsyncClient() as hc:
             headers = {"accept": ACCEPT, "content-type": "application/json"}
             bad_shape = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [SECRET]})
             r1 = await hc.post(f"{srv.url}/mcp", content=bad_shape, headers=headers)
@@ -303,7 +303,7 @@ def test_unsafe_or_bad_http_setups_refuse_to_start(
 def test_sigterm_with_open_streams_exits_promptly(upstream: FakeUpstream) -> None:
     srv = HttpServer(env_for(upstream), ("--transport", "http"))
     try:
-        with httpx.Client(timeout=10) as hc, hc.stream("GET", f"{srv.url}/sse") as stream:
+        with httpx2.Client(timeout=10) as hc, hc.stream("GET", f"{srv.url}/sse") as stream:
             first = next(stream.iter_lines())
             assert first.startswith("event: endpoint")
             started = time.monotonic()
@@ -336,7 +336,7 @@ def two_workers(upstream: FakeUpstream) -> Iterator[str]:
     )
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.http:create_app"),
+            *(sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.transports.http:create_app"),
             *("--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
         ],
         env={**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]},
@@ -350,9 +350,9 @@ def two_workers(upstream: FakeUpstream) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if httpx2.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(err.text())
@@ -383,7 +383,7 @@ def test_factory_mode_assumes_a_public_bind(upstream: FakeUpstream) -> None:
     """Under an external ASGI server the bind address is unknown: with the operator's key and no
     token or --require-client-key, the factory refuses rather than risk a public, open server."""
     proc = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.http:create_app", "--port", "0"],
+        [sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.transports.http:create_app", "--port", "0"],
         env=env_for(upstream, DANUBE_MCP_STATELESS="1"),
         capture_output=True,
         timeout=60,
@@ -396,7 +396,7 @@ def test_factory_mode_assumes_a_public_bind(upstream: FakeUpstream) -> None:
 
 
 def test_draining_refuses_only_new_sessions() -> None:
-    from danube_mcp.http import _opens_session
+    from danube_mcp.transports.http import _opens_session
 
     assert _opens_session({"headers": []}, "/mcp") is True
     assert _opens_session({"headers": [(b"mcp-session-id", b"abc")]}, "/mcp") is False

@@ -16,13 +16,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from danube_mcp.http import MAX_BODY_BYTES
+from danube_mcp.transports.http import MAX_BODY_BYTES
 from procs import HttpServer, child_env, http_server
 from sandbox_proc import start_sandbox
 
@@ -102,7 +102,7 @@ def s(served: Served) -> Iterator[Served]:
 # Helpers
 
 
-def assert_no_echo(*responses: httpx.Response) -> None:
+def assert_no_echo(*responses: httpx2.Response) -> None:
     for r in responses:
         assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
         everything = r.text + json.dumps(dict(r.headers))
@@ -117,7 +117,7 @@ def assert_stderr_clean(s: Served) -> None:
         assert canary not in err
 
 
-def error_body(r: httpx.Response) -> dict[str, Any]:
+def error_body(r: httpx2.Response) -> dict[str, Any]:
     assert r.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = r.json()
     assert body["jsonrpc"] == "2.0" and isinstance(body["error"]["code"], int)
@@ -127,7 +127,7 @@ def error_body(r: httpx.Response) -> dict[str, Any]:
 @asynccontextmanager
 async def streamable(url: str) -> AsyncIterator[ClientSession]:
     async with (
-        httpx.AsyncClient(timeout=30) as hc,
+        httpx2.AsyncClient(timeout=30) as hc,
         streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
         ClientSession(read, write) as session,
     ):
@@ -147,15 +147,15 @@ async def assert_serving(s: Served) -> None:
         await session.initialize()
         ok = await session.call_tool("store_credential", {**GOOD_ARGS, "service_id": "svc_github_001"})
         assert ok.isError is False, ok
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         assert (await hc.get(f"{s.url}/healthz")).json() == {"status": "ok"}
     assert_stderr_clean(s)
 
 
 @asynccontextmanager
-async def raw_session(s: Served) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+async def raw_session(s: Served) -> AsyncIterator[tuple[httpx2.AsyncClient, dict[str, str]]]:
     """An initialized streamable-HTTP session by hand: the client and the headers that name it."""
-    async with httpx.AsyncClient(timeout=30) as hc:
+    async with httpx2.AsyncClient(timeout=30) as hc:
         r = await hc.post(s.mcp, json=INIT, headers=JSON_HEADERS)
         assert r.status_code == 200
         sid = r.headers["mcp-session-id"]
@@ -167,7 +167,7 @@ async def raw_session(s: Served) -> AsyncIterator[tuple[httpx.AsyncClient, dict[
         yield hc, headers
 
 
-def sse_result(r: httpx.Response) -> dict[str, Any]:
+def sse_result(r: httpx2.Response) -> dict[str, Any]:
     """The JSON-RPC message in a one-event SSE answer."""
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:") and line[5:].strip()]
@@ -194,7 +194,7 @@ MALFORMED = [
 
 @pytest.mark.parametrize("body", MALFORMED, ids=range(len(MALFORMED)))
 async def test_malformed_json_gets_400_parse_error(s: Served, body: bytes) -> None:
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         fresh = await hc.post(s.mcp, content=body, headers=JSON_HEADERS)
     async with raw_session(s) as (hc, headers):
         in_session = await hc.post(s.mcp, content=body, headers=headers)
@@ -303,7 +303,7 @@ async def test_wrong_content_type_is_refused(s: Served, content_type: str | None
     if content_type is not None:
         headers["content-type"] = content_type
     body = json.dumps(call_body(3, GOOD_ARGS))
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         fresh = await hc.post(s.mcp, content=body, headers=headers)
     async with raw_session(s) as (hc, session_headers):
         in_headers = {**session_headers, **headers}
@@ -354,7 +354,7 @@ async def test_oversize_bodies_get_413_without_echo(s: Served) -> None:
         yield b'"}}'
 
     responses = []
-    async with httpx.AsyncClient(timeout=30) as hc:
+    async with httpx2.AsyncClient(timeout=30) as hc:
         for path in ("/mcp", "/messages/?session_id=" + uuid.uuid4().hex, "/sse", "/nowhere"):
             responses.append(await hc.post(s.url + path, content=big, headers=JSON_HEADERS))
         responses.append(await hc.post(s.mcp, content=chunks(), headers=JSON_HEADERS))
@@ -385,7 +385,7 @@ async def test_unknown_session_id_gets_404(s: Served, sid: str) -> None:
     # Spec (2025-11-25, Session Management): a request with a session id the server does not
     # know gets 404 Not Found.
     headers = {**JSON_HEADERS, "mcp-session-id": sid, "mcp-protocol-version": PROTOCOL}
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         post = await hc.post(s.mcp, json=call_body(5, GOOD_ARGS), headers=headers)
         notify = await hc.post(
             s.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
@@ -402,7 +402,7 @@ async def test_missing_session_id_gets_400(s: Served) -> None:
     # Spec: a server that requires a session id answers requests without one (other than
     # initialize) with 400 Bad Request.
     async with raw_session(s):  # a session exists, but these requests do not name it
-        async with httpx.AsyncClient() as hc:
+        async with httpx2.AsyncClient() as hc:
             post = await hc.post(s.mcp, json=call_body(6, GOOD_ARGS), headers=JSON_HEADERS)
             ping = await hc.post(
                 s.mcp, json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=JSON_HEADERS
@@ -417,7 +417,7 @@ async def test_missing_session_id_gets_400(s: Served) -> None:
 async def test_session_ids_on_refused_requests_are_not_usable(s: Served) -> None:
     # The SDK opens a transport for any request without a session id and names it in the answer
     # even when it refuses the request; such a session must not survive the refusal.
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         refused = await hc.post(
             s.mcp, json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=JSON_HEADERS
         )
@@ -475,7 +475,7 @@ async def test_get_without_accept_gets_406_and_post_without_accept_too(s: Served
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
 async def test_other_methods_on_mcp_get_405(s: Served, method: str) -> None:
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         r = await hc.request(
             method, s.mcp, content=json.dumps(call_body(15, GOOD_ARGS)), headers=JSON_HEADERS
         )
@@ -486,7 +486,7 @@ async def test_other_methods_on_mcp_get_405(s: Served, method: str) -> None:
 
 async def test_wrong_methods_and_paths_elsewhere(s: Served) -> None:
     body = json.dumps(call_body(16, GOOD_ARGS))
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         sse_post = await hc.post(f"{s.url}/sse", content=body, headers=JSON_HEADERS)
         messages_get = await hc.get(f"{s.url}/messages/")
         messages_put = await hc.put(f"{s.url}/messages/?session_id={uuid.uuid4().hex}", content=body)
@@ -520,7 +520,7 @@ async def test_wrong_methods_and_paths_elsewhere(s: Served) -> None:
 )
 async def test_messages_with_unknown_or_garbage_session_id(s: Served, query: str, status: int) -> None:
     body = json.dumps(call_body(17, GOOD_ARGS))
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         r = await hc.post(f"{s.url}/messages/{query}", content=body, headers=JSON_HEADERS)
     assert r.status_code == status
     assert_no_echo(r)
@@ -528,7 +528,7 @@ async def test_messages_with_unknown_or_garbage_session_id(s: Served, query: str
 
 
 async def test_messages_garbage_body_in_a_live_sse_session(s: Served) -> None:
-    async with httpx.AsyncClient(timeout=30) as hc, hc.stream("GET", f"{s.url}/sse") as stream:
+    async with httpx2.AsyncClient(timeout=30) as hc, hc.stream("GET", f"{s.url}/sse") as stream:
         lines = stream.aiter_lines()
         endpoint = None
         async for line in lines:
@@ -559,7 +559,7 @@ async def test_messages_garbage_body_in_a_live_sse_session(s: Served) -> None:
 
 async def test_garbage_session_id_cannot_forge_log_lines(s: Served) -> None:
     forged = "2026-01-01 00:00:00,000 ERROR danube_mcp: forged-by-client"
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         r = await hc.post(
             f"{s.url}/messages/",
             params={"session_id": "x\n" + forged},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from danube_mcp.config import ConfigError
-from danube_mcp.http_options import Allowlist, HttpOptions
+from danube_mcp.transports.http_options import Allowlist, HttpOptions
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from danube_mcp.stdio import MAX_LINE_BYTES
+from danube_mcp.transports.stdio import MAX_LINE_BYTES
 from procs import RawStdio, child_env, raw_stdio
 
 CANARY = "sk-CANARY-protocol-5f1e2d3c4b5a6978"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
@@ -47,7 +47,7 @@ CANARIES: Final = (API_KEY, SECRET)
 ARGS: Final = {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": SECRET}
 ACCEPT: Final = "application/json, text/event-stream"
 PROTOCOL: Final = types.LATEST_PROTOCOL_VERSION
-GRACE: Final = 3.0  # uvicorn's timeout_graceful_shutdown in danube_mcp.http.serve_http
+GRACE: Final = 3.0  # uvicorn's timeout_graceful_shutdown in danube_mcp.transports.http.serve_http
 SLACK: Final = 4.0  # process start-up of the shutdown path, interpreter teardown, a loaded CI machine
 
 
@@ -218,7 +218,7 @@ def cancel_msg(rid: int | str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-# A raw streamable-HTTP client (httpx), so a test controls exactly when a connection goes away
+# A raw streamable-HTTP client (httpx2), so a test controls exactly when a connection goes away
 
 
 class HttpStatus(Exception):
@@ -228,7 +228,7 @@ class HttpStatus(Exception):
 
 
 class RawHttpSession:
-    def __init__(self, hc: httpx.AsyncClient, url: str) -> None:
+    def __init__(self, hc: httpx2.AsyncClient, url: str) -> None:
         self.hc = hc
         self.url = f"{url}/mcp"
         self.headers = {"accept": ACCEPT}
@@ -278,14 +278,14 @@ class RawHttpSession:
 async def fresh_call_succeeds(url: str) -> None:
     """A new session (the SDK client) stores successfully: the server is healthy."""
     async with (
-        httpx.AsyncClient(timeout=30) as hc,
+        httpx2.AsyncClient(timeout=30) as hc,
         streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
         ClientSession(read, write) as session,
     ):
         await session.initialize()
         result = await session.call_tool("store_credential", ARGS)
     assert result.isError is False, result
-    async with httpx.AsyncClient(timeout=10) as hc:
+    async with httpx2.AsyncClient(timeout=10) as hc:
         assert (await hc.get(f"{url}/healthz")).status_code == 200
 
 
@@ -332,7 +332,7 @@ async def test_http_cancel_notification_abandons_the_upstream_request() -> None:
     """Streamable HTTP, stateful session: ``notifications/cancelled`` (POSTed in the same session)
     makes the server drop the upstream request at once; the session and the server stay usable."""
     with watch_upstream(hang=True) as up, http_server(env_for(up), ("--transport", "streamable-http")) as srv:
-        async with httpx.AsyncClient(timeout=30) as hc:
+        async with httpx2.AsyncClient(timeout=30) as hc:
             session = RawHttpSession(hc, srv.url)
             await session.open()
             answers: list[dict[str, Any] | None] = []
@@ -362,7 +362,7 @@ async def test_http_stateless_disconnect_abandons_the_upstream_request() -> None
         watch_upstream(hang=True) as up,
         http_server(env_for(up), ("--transport", "streamable-http", "--stateless")) as srv,
     ):
-        async with httpx.AsyncClient(timeout=30) as hc:
+        async with httpx2.AsyncClient(timeout=30) as hc:
             session = RawHttpSession(hc, srv.url)
             await session.open()
             with anyio.fail_after(20):
@@ -385,7 +385,7 @@ async def test_http_stateful_disconnect_is_bounded_by_the_upstream_timeout() -> 
     with watch_upstream(hang=True) as up:
         env = env_for(up, DANUBE_TIMEOUT="2", DANUBE_MAX_RETRIES="0")
         with http_server(env, ("--transport", "streamable-http")) as srv:
-            async with httpx.AsyncClient(timeout=30) as hc:
+            async with httpx2.AsyncClient(timeout=30) as hc:
                 session = RawHttpSession(hc, srv.url)
                 await session.open()
                 with anyio.fail_after(30):
@@ -415,12 +415,12 @@ class Outcome:
 
 
 async def call_and_classify(url: str, index: int, outcomes: list[Outcome]) -> None:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30, connect=5)) as hc:
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30, connect=5)) as hc:
         session = RawHttpSession(hc, url)
         await session.open()
         try:
             answer = await session.request(call_msg(1, {**ARGS, "service_id": f"svc-{index}"}))
-        except httpx.TransportError as exc:
+        except httpx2.TransportError as exc:
             outcomes.append(Outcome("transport-error", type(exc).__name__))
             return
         except HttpStatus as exc:  # uvicorn answers 500 for a request it cancels before any response
@@ -573,7 +573,7 @@ class Ledger:
 async def crash_writer(url: str, writer: int, round_no: int, ledger: Ledger) -> None:
     services = writer_services(writer)
     headers = {"danube-api-key": SANDBOX_KEY}
-    async with httpx.AsyncClient(base_url=url, timeout=10, headers=headers) as hc:
+    async with httpx2.AsyncClient(base_url=url, timeout=10, headers=headers) as hc:
         n = 0
         while True:
             service = services[n % len(services)]
@@ -585,7 +585,7 @@ async def crash_writer(url: str, writer: int, round_no: int, ledger: Ledger) -> 
                     "/v1/credentials/store",
                     json={"service_id": service, "credential_type": "api_key", "credential_value": value},
                 )
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 ledger.failures += 1
                 return  # the sandbox is gone; the value stays "in flight"
             assert resp.status_code == 200, resp.text[:200]
@@ -651,7 +651,7 @@ async def test_sandbox_survives_sigkill_under_32_writers(tmp_path: Path) -> None
         with start_sandbox(tmp_path, api_keys=(SANDBOX_KEY,), extra_args=extra, db_path=db_path) as sb:
             await verify_after_crash(db_path, ledger)
             # ...and it still works: one more store is acknowledged and counted.
-            async with httpx.AsyncClient(base_url=sb.url, headers={"danube-api-key": SANDBOX_KEY}) as hc:
+            async with httpx2.AsyncClient(base_url=sb.url, headers={"danube-api-key": SANDBOX_KEY}) as hc:
                 body = {
                     "service_id": "svc_crash_00_0",
                     "credential_type": "api_key",

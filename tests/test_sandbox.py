@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from cryptography.exceptions import InvalidTag
 
@@ -63,9 +63,9 @@ def store(db_path: Path) -> Iterator[CredentialStore]:
 
 
 @pytest.fixture
-async def client(store: CredentialStore) -> AsyncIterator[httpx.AsyncClient]:
+async def client(store: CredentialStore) -> AsyncIterator[httpx2.AsyncClient]:
     app = create_app(store, api_keys=[DEMO_API_KEY, OTHER_KEY])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://sandbox") as c:
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app), base_url="http://sandbox") as c:
         yield c
 
 
@@ -74,8 +74,8 @@ def body(service_id: str = OPENAI, credential_type: str = "bearer", value: str =
 
 
 async def post_store(
-    client: httpx.AsyncClient, payload: Any, *, key: str | None = DEMO_API_KEY, **kwargs: Any
-) -> httpx.Response:
+    client: httpx2.AsyncClient, payload: Any, *, key: str | None = DEMO_API_KEY, **kwargs: Any
+) -> httpx2.Response:
     headers = kwargs.pop("headers", {})
     if key is not None:
         headers["danube-api-key"] = key
@@ -84,7 +84,7 @@ async def post_store(
     return await client.post(STORE, json=payload, headers=headers, **kwargs)
 
 
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+def assert_error(response: httpx2.Response, status: int, code: str) -> dict[str, Any]:
     """Danube's envelope, with nothing secret in it."""
     assert response.status_code == status, response.text
     data = response.json()
@@ -101,13 +101,13 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 # -- the happy path and the catalog --------------------------------------------------------------
 
 
-async def test_health(client: httpx.AsyncClient) -> None:
+async def test_health(client: httpx2.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
 
-async def test_services_catalog(client: httpx.AsyncClient) -> None:
+async def test_services_catalog(client: httpx2.AsyncClient) -> None:
     response = await client.get("/v1/services")
     assert response.status_code == 200
     services = {entry["id"]: entry for entry in response.json()["services"]}
@@ -120,7 +120,7 @@ async def test_services_catalog(client: httpx.AsyncClient) -> None:
 
 
 async def test_store_returns_danube_response_and_encrypts(
-    client: httpx.AsyncClient, store: CredentialStore
+    client: httpx2.AsyncClient, store: CredentialStore
 ) -> None:
     response = await post_store(client, body())
     assert response.status_code == 200
@@ -135,7 +135,7 @@ async def test_store_returns_danube_response_and_encrypts(
     assert store.reveal_for_tests(OTHER_KEY, OPENAI) is None
 
 
-async def test_store_trims_service_id_and_accepts_uuid_and_charset(client: httpx.AsyncClient) -> None:
+async def test_store_trims_service_id_and_accepts_uuid_and_charset(client: httpx2.AsyncClient) -> None:
     response = await post_store(
         client,
         None,
@@ -152,20 +152,20 @@ async def test_store_trims_service_id_and_accepts_uuid_and_charset(client: httpx
 
 @pytest.mark.parametrize("key", [None, "", "   "])
 async def test_missing_api_key_is_401(
-    client: httpx.AsyncClient, store: CredentialStore, key: str | None
+    client: httpx2.AsyncClient, store: CredentialStore, key: str | None
 ) -> None:
     assert_error(await post_store(client, body(), key=key), 401, "unauthorized")
     assert store.list_credentials_sync(DEMO_API_KEY) == []
 
 
 @pytest.mark.parametrize("key", ["not-a-key", "${DANUBE_API_KEY}", DEMO_API_KEY + "x"])
-async def test_unknown_api_key_is_401(client: httpx.AsyncClient, store: CredentialStore, key: str) -> None:
+async def test_unknown_api_key_is_401(client: httpx2.AsyncClient, store: CredentialStore, key: str) -> None:
     error = assert_error(await post_store(client, body(), key=key), 401, "unauthorized")
     assert key not in json.dumps(error)
     assert store.list_credentials_sync(key) == []
 
 
-async def test_listing_requires_a_key(client: httpx.AsyncClient) -> None:
+async def test_listing_requires_a_key(client: httpx2.AsyncClient) -> None:
     assert_error(await client.get("/v1/credentials"), 401, "unauthorized")
     assert_error(await client.get("/v1/credentials", headers={"danube-api-key": "nope"}), 401, "unauthorized")
 
@@ -173,13 +173,13 @@ async def test_listing_requires_a_key(client: httpx.AsyncClient) -> None:
 # -- refused bodies ------------------------------------------------------------------------------
 
 
-async def test_unknown_service_is_404(client: httpx.AsyncClient) -> None:
+async def test_unknown_service_is_404(client: httpx2.AsyncClient) -> None:
     error = assert_error(await post_store(client, body("svc_nope_404")), 404, "service_not_found")
     assert error["details"] == {"service_id": "svc_nope_404"}
 
 
 async def test_oauth_only_service_points_to_dashboard(
-    client: httpx.AsyncClient, store: CredentialStore
+    client: httpx2.AsyncClient, store: CredentialStore
 ) -> None:
     error = assert_error(await post_store(client, body(OAUTH_ONLY_SERVICE_ID)), 400, "oauth_only_service")
     assert f"/dashboard/tools/{OAUTH_ONLY_SERVICE_ID}" in error["message"]
@@ -188,7 +188,7 @@ async def test_oauth_only_service_points_to_dashboard(
 
 @pytest.mark.parametrize("credential_type", ["oauth", "oauth2", "OAuth"])
 async def test_oauth_credential_type_points_to_dashboard(
-    client: httpx.AsyncClient, credential_type: str
+    client: httpx2.AsyncClient, credential_type: str
 ) -> None:
     error = assert_error(
         await post_store(client, body(credential_type=credential_type)), 422, "unsupported_credential_type"
@@ -222,7 +222,7 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("payload", "status", "code"), [b[1:] for b in BAD_BODIES], ids=[b[0] for b in BAD_BODIES]
 )
 async def test_refused_bodies(
-    client: httpx.AsyncClient, store: CredentialStore, payload: Any, status: int, code: str
+    client: httpx2.AsyncClient, store: CredentialStore, payload: Any, status: int, code: str
 ) -> None:
     assert len(CANARY * 500) > MAX_CREDENTIAL_VALUE_CHARS
     assert_error(await post_store(client, payload), status, code)
@@ -233,18 +233,18 @@ async def test_refused_bodies(
     "raw",
     [b"{not json " + CANARY.encode(), b"", b'{"credential_value": "' + CANARY.encode() + b'"', b"\xff\xfe{"],
 )
-async def test_invalid_json_is_400(client: httpx.AsyncClient, raw: bytes) -> None:
+async def test_invalid_json_is_400(client: httpx2.AsyncClient, raw: bytes) -> None:
     response = await post_store(client, None, content=raw, headers={"content-type": "application/json"})
     assert_error(response, 400, "invalid_json")
 
 
-async def test_lone_surrogate_value_is_refused(client: httpx.AsyncClient) -> None:
+async def test_lone_surrogate_value_is_refused(client: httpx2.AsyncClient) -> None:
     raw = json.dumps(body(value="abc\ud800def")).encode()  # json.dumps escapes it as \\ud800
     response = await post_store(client, None, content=raw, headers={"content-type": "application/json"})
     assert_error(response, 422, "invalid_field")
 
 
-async def test_length_boundaries(client: httpx.AsyncClient, store: CredentialStore) -> None:
+async def test_length_boundaries(client: httpx2.AsyncClient, store: CredentialStore) -> None:
     longest = "v" * MAX_CREDENTIAL_VALUE_CHARS
     assert (await post_store(client, body(value=longest))).status_code == 200
     assert store.reveal_for_tests(DEMO_API_KEY, OPENAI) == longest
@@ -253,13 +253,13 @@ async def test_length_boundaries(client: httpx.AsyncClient, store: CredentialSto
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "jsonx"])
-async def test_non_json_content_type_is_415(client: httpx.AsyncClient, content_type: str | None) -> None:
+async def test_non_json_content_type_is_415(client: httpx2.AsyncClient, content_type: str | None) -> None:
     headers = {} if content_type is None else {"content-type": content_type}
     response = await post_store(client, None, content=json.dumps(body()).encode(), headers=headers)
     assert_error(response, 415, "unsupported_media_type")
 
 
-async def test_oversized_body_is_413(client: httpx.AsyncClient, store: CredentialStore) -> None:
+async def test_oversized_body_is_413(client: httpx2.AsyncClient, store: CredentialStore) -> None:
     payload = {**body(), "padding": "x" * MAX_BODY_BYTES}
     error = assert_error(await post_store(client, payload), 413, "payload_too_large")
     assert error["details"] == {"max_bytes": MAX_BODY_BYTES}
@@ -276,7 +276,7 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient, store: Credentia
     assert store.list_credentials_sync(DEMO_API_KEY) == []
 
 
-async def test_unknown_route_and_method_use_the_envelope(client: httpx.AsyncClient) -> None:
+async def test_unknown_route_and_method_use_the_envelope(client: httpx2.AsyncClient) -> None:
     assert_error(await client.get("/v1/nope"), 404, "not_found")
     assert_error(await client.get(STORE, headers={"danube-api-key": DEMO_API_KEY}), 405, "method_not_allowed")
 
@@ -302,7 +302,7 @@ async def test_unknown_route_and_method_use_the_envelope(client: httpx.AsyncClie
     ],
 )
 async def test_reference_detection(
-    client: httpx.AsyncClient, store: CredentialStore, value: str, stored_as: str
+    client: httpx2.AsyncClient, store: CredentialStore, value: str, stored_as: str
 ) -> None:
     response = await post_store(client, body(value=value))
     assert response.status_code == 200, response.text
@@ -312,7 +312,7 @@ async def test_reference_detection(
     assert store.reveal_for_tests(DEMO_API_KEY, OPENAI) == value
 
 
-async def test_storing_again_replaces(client: httpx.AsyncClient, store: CredentialStore) -> None:
+async def test_storing_again_replaces(client: httpx2.AsyncClient, store: CredentialStore) -> None:
     assert (await post_store(client, body(value="first-value"))).status_code == 200
     assert (
         await post_store(client, body(credential_type="api_key", value="env://NEW_KEY"))
@@ -328,7 +328,7 @@ async def test_storing_again_replaces(client: httpx.AsyncClient, store: Credenti
     assert store.reveal_for_tests(DEMO_API_KEY, OPENAI) == "env://NEW_KEY"
 
 
-async def test_owners_are_isolated(client: httpx.AsyncClient, store: CredentialStore) -> None:
+async def test_owners_are_isolated(client: httpx2.AsyncClient, store: CredentialStore) -> None:
     assert (await post_store(client, body(value="mine"))).status_code == 200
     assert (await post_store(client, body(value="theirs"), key=OTHER_KEY)).status_code == 200
     assert store.reveal_for_tests(DEMO_API_KEY, OPENAI) == "mine"
@@ -338,7 +338,7 @@ async def test_owners_are_isolated(client: httpx.AsyncClient, store: CredentialS
 
 
 async def test_listing_shows_metadata_never_the_value(
-    client: httpx.AsyncClient, store: CredentialStore
+    client: httpx2.AsyncClient, store: CredentialStore
 ) -> None:
     assert (await post_store(client, body(value=CANARY))).status_code == 200
     assert (await post_store(client, body("svc_github_001", "api_key", "ghp_other_value"))).status_code == 200
@@ -366,7 +366,7 @@ async def test_listing_shows_metadata_never_the_value(
     assert store.fingerprint(CANARY) == fingerprint
 
 
-async def test_stats_count_every_store_request(client: httpx.AsyncClient) -> None:
+async def test_stats_count_every_store_request(client: httpx2.AsyncClient) -> None:
     assert (await client.get("/v1/_stats")).json() == {"store_requests": 0, "stored": 0}
     await post_store(client, body())
     await post_store(client, body(), key="wrong")
@@ -378,7 +378,7 @@ async def test_stats_count_every_store_request(client: httpx.AsyncClient) -> Non
 # -- concurrency ---------------------------------------------------------------------------------
 
 
-async def test_concurrent_stores_over_http(client: httpx.AsyncClient, store: CredentialStore) -> None:
+async def test_concurrent_stores_over_http(client: httpx2.AsyncClient, store: CredentialStore) -> None:
     values = [f"concurrent-value-{i:02d}" for i in range(32)]
     statuses: list[int] = []
 
@@ -428,7 +428,7 @@ def _file_bytes(path: Path) -> bytes:
 
 
 async def test_plaintext_never_reaches_the_database_files(
-    client: httpx.AsyncClient, store: CredentialStore, db_path: Path
+    client: httpx2.AsyncClient, store: CredentialStore, db_path: Path
 ) -> None:
     assert (await post_store(client, body(value=CANARY))).status_code == 200
     wal = Path(f"{db_path}-wal")
@@ -550,7 +550,7 @@ async def test_memory_store_works_without_a_key_file(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     async with open_store(":memory:") as memory:
         app = create_app(memory, api_keys=[DEMO_API_KEY])
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://sandbox") as c:
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app), base_url="http://sandbox") as c:
             assert (await post_store(c, body())).status_code == 200
         assert memory.reveal_for_tests(DEMO_API_KEY, OPENAI) == CANARY
     assert list(tmp_path.iterdir()) == []
@@ -563,7 +563,7 @@ async def test_closed_store_refuses_work(store: CredentialStore) -> None:
         await store.put(DEMO_API_KEY, OPENAI, "bearer", CANARY)
 
 
-async def test_nothing_secret_is_logged(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+async def test_nothing_secret_is_logged(client: httpx2.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     assert (await post_store(client, body(value=CANARY))).status_code == 200
     await post_store(client, body(value=CANARY), key="wrong-key-value")
@@ -587,7 +587,7 @@ async def test_subprocess_serves_concurrently_and_persists(tmp_path: Path) -> No
     key = "proc-test-key-9d2c"
     values = [f"proc-value-{i:02d}" for i in range(32)]
     with start_sandbox(tmp_path, api_keys=(key,), extra_args=("--log-level", "debug")) as sandbox:
-        async with httpx.AsyncClient(base_url=sandbox.url, headers={"danube-api-key": key}, timeout=30) as c:
+        async with httpx2.AsyncClient(base_url=sandbox.url, headers={"danube-api-key": key}, timeout=30) as c:
             assert (await c.get("/health")).json() == {"status": "ok"}
             responses = await _gather_posts(c, [body(value=value) for value in values])
             assert [r.status_code for r in responses] == [200] * 32
@@ -607,7 +607,7 @@ async def test_subprocess_serves_concurrently_and_persists(tmp_path: Path) -> No
     assert key not in stderr and not any(value in stderr for value in values)
 
     with start_sandbox(tmp_path, api_keys=(key,)) as restarted:
-        async with httpx.AsyncClient(base_url=restarted.url, headers={"danube-api-key": key}) as c:
+        async with httpx2.AsyncClient(base_url=restarted.url, headers={"danube-api-key": key}) as c:
             [entry] = (await c.get("/v1/credentials")).json()["credentials"]
         assert entry["service_id"] == OPENAI and entry["version"] == 32
     with open_store(sandbox.db_path) as reopened:
@@ -616,8 +616,8 @@ async def test_subprocess_serves_concurrently_and_persists(tmp_path: Path) -> No
         assert reopened.fingerprint(final or "") == entry["fingerprint"]
 
 
-async def _gather_posts(c: httpx.AsyncClient, payloads: list[dict[str, Any]]) -> list[httpx.Response]:
-    responses: list[httpx.Response | None] = [None] * len(payloads)
+async def _gather_posts(c: httpx2.AsyncClient, payloads: list[dict[str, Any]]) -> list[httpx2.Response]:
+    responses: list[httpx2.Response | None] = [None] * len(payloads)
 
     async def one(index: int) -> None:
         responses[index] = await c.post(STORE, json=payloads[index])

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from danube_mcp.sandbox import DEMO_API_KEY, KEY_ENV_VAR, open_store
@@ -126,7 +126,7 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_stops_promptly_with_status_0(tmp_path: Path, sig: signal.Signals) -> None:
     with start_sandbox(tmp_path) as sandbox:
-        async with httpx.AsyncClient(base_url=sandbox.url) as idle:  # a kept-alive connection stays open
+        async with httpx2.AsyncClient(base_url=sandbox.url) as idle:  # a kept-alive connection stays open
             assert (await idle.get("/health")).status_code == 200
             sandbox.proc.send_signal(sig)
             assert wait_for_exit(sandbox.proc, 5.0) == 0, sandbox.stderr_text()
@@ -142,7 +142,7 @@ async def test_services_file_adds_and_replaces_entries(tmp_path: Path) -> None:
     ]
     services.write_text(json.dumps({"services": entries}))
     with start_sandbox(tmp_path, extra_args=("--services", str(services))) as sandbox:
-        async with httpx.AsyncClient(base_url=sandbox.url, headers={"danube-api-key": DEMO_API_KEY}) as c:
+        async with httpx2.AsyncClient(base_url=sandbox.url, headers={"danube-api-key": DEMO_API_KEY}) as c:
             catalog = {
                 entry["id"]: entry["name"] for entry in (await c.get("/v1/services")).json()["services"]
             }

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -35,7 +35,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def stored(url: str, key: str) -> dict[str, dict[str, Any]]:
-    r = httpx.get(f"{url}/v1/credentials", headers={"danube-api-key": key})
+    r = httpx2.get(f"{url}/v1/credentials", headers={"danube-api-key": key})
     r.raise_for_status()
     data = r.json()
     items = data["credentials"] if isinstance(data, dict) else data
@@ -84,7 +84,7 @@ async def test_http_against_sandbox_process_keeps_callers_apart(sandbox: Any) ->
     env = child_env(DANUBE_API_URL=sandbox.url, DANUBE_MCP_LOG_LEVEL="DEBUG")  # no server key at all
     with http_server(env, ("--transport", "streamable-http", "--require-client-key")) as srv:
         async with (
-            httpx.AsyncClient(headers={"danube-api-key": KEY_2}) as hc,
+            httpx2.AsyncClient(headers={"danube-api-key": KEY_2}) as hc,
             streamable_http_client(f"{srv.url}/mcp", http_client=hc) as (read, write, _),
             ClientSession(read, write) as session,
         ):
@@ -137,9 +137,9 @@ def test_self_test_with_sandbox_stores_a_demo_credential(tmp_path: Path) -> None
 
 
 def test_self_test_without_sandbox_never_stores(sandbox: Any) -> None:
-    before = httpx.get(f"{sandbox.url}/v1/_stats").json()
+    before = httpx2.get(f"{sandbox.url}/v1/_stats").json()
     out = run_cli("--self-test", DANUBE_API_KEY=KEY_1, DANUBE_API_URL=sandbox.url)
-    after = httpx.get(f"{sandbox.url}/v1/_stats").json()
+    after = httpx2.get(f"{sandbox.url}/v1/_stats").json()
     assert out.returncode == 0, out.stdout + out.stderr
     assert before == after
     assert KEY_1 not in out.stdout + out.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
@@ -102,7 +102,7 @@ async def stdio_session(
         yield session, err
 
 
-async def submit(url: str, value: str = VALUE, origin: str | None = "same") -> httpx.Response:
+async def submit(url: str, value: str = VALUE, origin: str | None = "same") -> httpx2.Response:
     base = re.match(r"(https?://[^/]+)", url)
     assert base is not None
     headers = {"content-type": "application/x-www-form-urlencoded"}
@@ -110,9 +110,9 @@ async def submit(url: str, value: str = VALUE, origin: str | None = "same") -> h
         headers["origin"] = base.group(1)
     elif origin is not None:
         headers["origin"] = origin
-    async with httpx.AsyncClient() as hc:
+    async with httpx2.AsyncClient() as hc:
         return await hc.post(
-            url, content=f"credential_value={httpx.QueryParams({'v': value})['v']}", headers=headers
+            url, content=f"credential_value={httpx2.QueryParams({'v': value})['v']}", headers=headers
         )
 
 
@@ -126,9 +126,9 @@ def stored_value(db: Path, service: str = SERVICE) -> str | None:
         store.close()
 
 
-def accepting_and_submitting(pages: list[httpx.Response], results: list[httpx.Response]) -> Elicit:
+def accepting_and_submitting(pages: list[httpx2.Response], results: list[httpx2.Response]) -> Elicit:
     async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
-        async with httpx.AsyncClient() as hc:
+        async with httpx2.AsyncClient() as hc:
             pages.append(await hc.get(params.url))
 
         async def later() -> None:
@@ -154,8 +154,8 @@ async def test_schema_makes_the_value_optional(tmp_path: Path) -> None:
 
 async def test_value_entered_on_the_page_is_stored_and_never_in_mcp(tmp_path: Path) -> None:
     seen: list[types.ElicitRequestURLParams] = []
-    pages: list[httpx.Response] = []
-    posts: list[httpx.Response] = []
+    pages: list[httpx2.Response] = []
+    posts: list[httpx2.Response] = []
     tap = Tap()
     async with anyio.create_task_group() as tg:
         tg_holder["tg"] = tg
@@ -166,7 +166,7 @@ async def test_value_entered_on_the_page_is_stored_and_never_in_mcp(tmp_path: Pa
             result = await session.call_tool("store_credential", ARGS)
             # The link is single-use: a second submission and a second view are refused.
             again = await submit(seen[0].url)
-            async with httpx.AsyncClient() as hc:
+            async with httpx2.AsyncClient() as hc:
                 view_again = await hc.get(seen[0].url)
             stderr = err.text()
     assert result.isError is False, result
@@ -221,7 +221,7 @@ async def test_expiry_ends_the_call_cleanly(tmp_path: Path) -> None:
 
 async def test_foreign_origin_and_bad_input_are_refused_then_a_good_submit_works(tmp_path: Path) -> None:
     seen: list[types.ElicitRequestURLParams] = []
-    outcomes: dict[str, httpx.Response] = {}
+    outcomes: dict[str, httpx2.Response] = {}
 
     async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
         async def later() -> None:
@@ -229,7 +229,7 @@ async def test_foreign_origin_and_bad_input_are_refused_then_a_good_submit_works
             outcomes["null"] = await submit(params.url, origin="null")
             outcomes["empty"] = await submit(params.url, value="")
             outcomes["newline"] = await submit(params.url, value=VALUE + "\n")
-            async with httpx.AsyncClient() as hc:
+            async with httpx2.AsyncClient() as hc:
                 outcomes["put"] = await hc.put(params.url, content=b"credential_value=x")
                 outcomes["json"] = await hc.post(params.url, json={"credential_value": VALUE})
             outcomes["good"] = await submit(params.url, origin=None)
@@ -266,7 +266,7 @@ async def http_session(url: str, handler: Elicit | None, seen: list[Any]) -> Asy
     if handler is not None:
         kw["elicitation_callback"] = callback(handler, seen)
     async with (
-        httpx.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as hc,
+        httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as hc,
         streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
         ClientSession(read, write, **kw) as session,
     ):
@@ -278,8 +278,8 @@ async def test_over_streamable_http_the_page_is_served_by_the_app(tmp_path: Path
     env = child_env(DANUBE_MCP_LOG_LEVEL="DEBUG", DANUBE_MCP_AUTH_TOKEN=TOKEN)
     args = ("--transport", "http", "--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input")
     seen: list[types.ElicitRequestURLParams] = []
-    pages: list[httpx.Response] = []
-    posts: list[httpx.Response] = []
+    pages: list[httpx2.Response] = []
+    posts: list[httpx2.Response] = []
     with http_server(env, args) as srv:
         async with anyio.create_task_group() as tg:
             tg_holder["tg"] = tg
@@ -352,7 +352,7 @@ async def test_local_listener_refuses_foreign_host_headers(tmp_path: Path) -> No
     statuses: dict[str, int] = {}
 
     async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
-        async with httpx.AsyncClient() as hc:
+        async with httpx2.AsyncClient() as hc:
             statuses["foreign"] = (await hc.get(params.url, headers={"host": "evil.example"})).status_code
             statuses["own"] = (await hc.get(params.url)).status_code
         return types.ElicitResult(action="decline")
@@ -369,8 +369,8 @@ async def test_pages_behind_a_tls_proxy_accept_the_public_origin() -> None:
     entry = broker.create(SERVICE, "bearer", account="the Danube account of the API key ending in ...abcd")
     url = await broker.url_for(entry)
     assert url.startswith("https://mcp.example.com/secure-input/")
-    transport = httpx.ASGITransport(app=broker.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://mcp.example.com") as hc:
+    transport = httpx2.ASGITransport(app=broker.app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://mcp.example.com") as hc:
         page = await hc.get(url.replace("https://mcp.example.com", ""))
         assert "ending in ...abcd" in page.text and "Only continue if you asked" in page.text
 

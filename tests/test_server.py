@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from mcp import ClientSession, types
 from mcp.shared.memory import create_connected_server_and_client_session
 
-from danube_mcp.danube import DanubeClient
-from danube_mcp.models import MAX_CREDENTIAL_VALUE, MAX_SERVICE_ID
-from danube_mcp.server import SANDBOX_PREFIX, TOOL_NAME, build_server
+from danube_mcp.danube.client import DanubeClient
+from danube_mcp.tool.schema import MAX_CREDENTIAL_VALUE, MAX_SERVICE_ID
+from danube_mcp.tool.handler import SANDBOX_PREFIX, TOOL_NAME, build_server
 
 pytestmark = pytest.mark.anyio
 
@@ -22,12 +22,12 @@ API_KEY = "dk-CANARY-apikey-0123456789abcdef"
 SECRET = "sk-CANARY-credential-9876543210fedcba"
 GOOD = {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": SECRET}
 
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = Callable[[httpx2.Request], httpx2.Response]
 
 
-def ok_handler(request: httpx.Request) -> httpx.Response:
+def ok_handler(request: httpx2.Request) -> httpx2.Response:
     body = json.loads(request.content)
-    return httpx.Response(
+    return httpx2.Response(
         200,
         json={
             "success": True,
@@ -48,7 +48,7 @@ async def session(
         base_url="https://api.example.test",
         api_key=api_key,
         max_retries=0,
-        transport=httpx.MockTransport(handler),
+        transport=httpx2.MockTransport(handler),
     )
     server = build_server(client, **server_kw)
     async with client, create_connected_server_and_client_session(server) as s:
@@ -148,9 +148,9 @@ BAD_ARGUMENTS = [
 
 @pytest.mark.parametrize(("arguments", "expected"), BAD_ARGUMENTS)
 async def test_bad_arguments_are_named_never_echoed(arguments: dict[str, Any], expected: list[str]) -> None:
-    calls: list[httpx.Request] = []
+    calls: list[httpx2.Request] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         calls.append(request)
         return ok_handler(request)
 
@@ -185,10 +185,10 @@ async def test_missing_key_says_how_to_set_it() -> None:
 
 
 def status_handler(status: int, body: Any, headers: dict[str, str] | None = None) -> Handler:
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         if isinstance(body, bytes):
-            return httpx.Response(status, content=body, headers=headers)
-        return httpx.Response(status, json=body, headers=headers)
+            return httpx2.Response(status, content=body, headers=headers)
+        return httpx2.Response(status, json=body, headers=headers)
 
     return handler
 
@@ -228,8 +228,8 @@ async def test_upstream_failures_become_actionable_tool_errors(
 
 
 async def test_connection_failure_is_a_tool_error() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError("refused", request=request)
 
     async with session(handler) as s:
         result = await s.call_tool(TOOL_NAME, GOOD)
@@ -238,7 +238,7 @@ async def test_connection_failure_is_a_tool_error() -> None:
 
 
 async def test_unexpected_exception_is_contained() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         raise RuntimeError(f"boom {SECRET}")
 
     async with session(handler) as s:
@@ -253,7 +253,7 @@ async def test_unexpected_exception_is_contained() -> None:
 async def test_per_caller_key_and_require_client_key() -> None:
     seen: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request.headers["danube-api-key"])
         return ok_handler(request)
 

@@ -131,7 +131,7 @@ def test_stray_prints_cannot_reach_stdout(upstream: FakeUpstream) -> None:
     """A library that prints to stdout ends up on stderr: fd 1 is not the protocol stream."""
     script = (
         "import os, sys\n"
-        "import danube_mcp.stdio as s\n"
+        "import danube_mcp.transports.stdio as s\n"
         "orig = s.claim_stdout\n"
         "def claim():\n"
         "    handle = orig()\n"

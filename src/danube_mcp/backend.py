@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from danube_mcp.config import Settings
-from danube_mcp.danube import DanubeClient
-from danube_mcp.tls import TrustRoots, prefetch_for
+from danube_mcp.danube.client import DanubeClient
+from danube_mcp.danube.tls import TrustRoots, prefetch_for
 
 logger = logging.getLogger("danube_mcp")
 
@@ -51,7 +51,7 @@ def open_backend(
         )
         return Backend(client, sandbox=False, api_key_problem=settings.api_key_problem)
 
-    import httpx
+    import httpx2
 
     from danube_mcp.sandbox import DEMO_API_KEY, create_app, open_store
     from danube_mcp.sandbox.cli import default_db_path
@@ -70,6 +70,6 @@ def open_backend(
         timeout=settings.timeout,
         max_retries=0,
         call_budget=settings.call_budget,
-        transport=httpx.ASGITransport(app=app),
+        transport=httpx2.ASGITransport(app=app),
     )
     return Backend(client, sandbox=True, api_key_problem=None, _store=store)

@@ -20,7 +20,7 @@ from danube_mcp import __version__
 if TYPE_CHECKING:
     from danube_mcp.backend import Backend
     from danube_mcp.config import Settings
-    from danube_mcp.tls import TrustRoots
+    from danube_mcp.danube.tls import TrustRoots
 
 logger = logging.getLogger("danube_mcp")
 
@@ -149,8 +149,8 @@ async def serve_stdio(opts: RunOptions, backend: Backend) -> None:
 
     import_mcp_lightly()
     from danube_mcp.secure_input import SecureInputBroker
-    from danube_mcp.server import build_server
-    from danube_mcp.stdio import claim_stdout, stdio_transport
+    from danube_mcp.tool.handler import build_server
+    from danube_mcp.transports.stdio import claim_stdout, stdio_transport
 
     protocol_out = claim_stdout()
     broker = SecureInputBroker(ttl=opts.settings.secure_input_ttl) if opts.secure_input else None
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tls = None
     if not (args.sandbox or args.self_test):
         from danube_mcp.config import DEFAULT_API_URL
-        from danube_mcp.tls import prefetch_for
+        from danube_mcp.danube.tls import prefetch_for
 
         # Start loading TLS trust roots now, in parallel with the imports below.
         tls = prefetch_for(
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         http_opts = None
         if transport != "stdio":
-            from danube_mcp.http_options import HttpOptions
+            from danube_mcp.transports.http_options import HttpOptions
 
             try:
                 http_opts = HttpOptions.resolve(args, transport, opts.settings)
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if argv is None and sys.getprofile() is None and sys.gettrace() is None:
                 _fast_exit(0)
             return 0
-        from danube_mcp.http import serve_http
+        from danube_mcp.transports.http import serve_http
 
         return serve_http(opts, http_opts, backend)
     except KeyboardInterrupt:

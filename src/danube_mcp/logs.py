@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final, TextIO
 
-from danube_mcp.redact import REDACTED, contains_fragment
+from danube_mcp.danube.redact import REDACTED, contains_fragment
 
 # Substrings of SDK/library log records that carry message bodies or argument values.
 DROP_MARKERS: Final = (
@@ -159,8 +159,8 @@ def setup_logging(level: str = "WARNING", stream: TextIO | None = None) -> loggi
         lg.handlers.clear()
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(max(numeric, logging.INFO))
-    # httpx's per-request INFO line quotes the upstream's reason phrase, which the upstream
+    # httpx2's per-request INFO line quotes the upstream's reason phrase, which the upstream
     # controls; our own log lines say what happened to each call.
-    logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("httpx2").setLevel(max(numeric, logging.WARNING))
     logging.captureWarnings(True)
     return handler

@@ -15,7 +15,7 @@ import anyio
 
 from danube_mcp import __version__
 from danube_mcp.config import load_settings
-from danube_mcp.redact import key_tail
+from danube_mcp.danube.redact import key_tail
 
 DEMO_ARGUMENTS = {
     "service_id": "svc_openai_001",

@@ -2,7 +2,7 @@
 
 Import-light: the uvicorn-based command line lives in :mod:`danube_mcp.sandbox.cli` and is not imported here.
 
-In-process use (no lifespan needed, so it works under ``httpx.ASGITransport``)::
+In-process use (no lifespan needed, so it works under ``httpx2.ASGITransport``)::
 
     store = open_store(":memory:")
     app = create_app(store, api_keys=[DEMO_API_KEY])

@@ -283,7 +283,7 @@ def create_app(
     services: Mapping[str, Service] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Starlette:
-    """Build the sandbox API over an open store. Needs no lifespan (works under ``httpx.ASGITransport``).
+    """Build the sandbox API over an open store. Needs no lifespan (works under ``httpx2.ASGITransport``).
 
     ``services`` defaults to the built-in catalog. The caller owns ``store`` and closes it.
     ``app.state.stats`` counts ``store_requests`` (every POST to the store endpoint) and ``stored``.

@@ -1,6 +1,6 @@
 """The Danube REST client: the only code that talks to Danube.
 
-One :class:`DanubeClient` per process owns one ``httpx.AsyncClient`` (a keep-alive pool shared by
+One :class:`DanubeClient` per process owns one ``httpx2.AsyncClient`` (a keep-alive pool shared by
 every MCP session and transport). Each call is bounded by a total budget, retried only where a
 retry is safe and useful, and every failure is raised as a :class:`DanubeError` subclass whose
 text is written for the model and the person, with every secret scrubbed out of it.
@@ -20,10 +20,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import anyio
-import httpx
+import httpx2
 
 from danube_mcp import __version__
-from danube_mcp.errors import (
+from danube_mcp.danube.errors import (
     RETRY_STATUSES,
     AuthenticationFailed,
     ConnectionFailed,
@@ -39,9 +39,9 @@ from danube_mcp.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from danube_mcp.models import StoreRequest, StoreResult
-from danube_mcp.redact import Scrubber, clean_message, key_tail
-from danube_mcp.tls import TrustRoots
+from danube_mcp.tool.schema import StoreRequest, StoreResult
+from danube_mcp.danube.redact import Scrubber, clean_message, key_tail
+from danube_mcp.danube.tls import TrustRoots
 
 # httpcore runs `import sniffio` on every request to detect the async library. When sniffio is not
 # installed, each of those imports searches sys.path afresh (about 0.15 ms, several per call).
@@ -177,7 +177,7 @@ class DanubeClient:
         timeout: float = 15.0,
         max_retries: int = 2,
         call_budget: float = 25.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
         max_connections: int = 128,
         tls: TrustRoots | None = None,
     ) -> None:
@@ -190,19 +190,19 @@ class DanubeClient:
         if org_id:
             headers.append((b"danube-org-id", org_id.encode()))
         self._base_headers = headers
-        self._url = httpx.URL(self.base_url + STORE_PATH)
-        self._timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0)).as_dict()
-        self._limits = httpx.Limits(
+        self._url = httpx2.URL(self.base_url + STORE_PATH)
+        self._timeouts = httpx2.Timeout(timeout, connect=min(timeout, 10.0)).as_dict()
+        self._limits = httpx2.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,  # keep every connection a burst opened
             keepalive_expiry=30.0,
         )
         self._tls = tls
-        # The connection pool is used directly, not through httpx.AsyncClient: this client needs
+        # The connection pool is used directly, not through httpx2.AsyncClient: this client needs
         # none of its cookie jar, auth flow, redirect handling or event hooks (redirects must not
         # be followed anyway, so the key never travels elsewhere), and they cost CPU on every call.
         # Created on first use: building it loads TLS trust roots, which start-up need not wait for.
-        self._transport: httpx.AsyncBaseTransport | None = transport
+        self._transport: httpx2.AsyncBaseTransport | None = transport
         self.closed = False
         # Injectable for tests: the sleep between retries and the jitter source.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
@@ -215,7 +215,7 @@ class DanubeClient:
     def __repr__(self) -> str:
         return f"DanubeClient(base_url={self.base_url!r}, api_key={'set' if self._api_key else 'unset'})"
 
-    def _client(self) -> httpx.AsyncBaseTransport:
+    def _client(self) -> httpx2.AsyncBaseTransport:
         transport = self._transport
         if transport is None:
             if self.closed:
@@ -227,7 +227,7 @@ class DanubeClient:
                 verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             elif self._tls is not None:
                 verify = self._tls.context()
-            transport = self._transport = httpx.AsyncHTTPTransport(
+            transport = self._transport = httpx2.AsyncHTTPTransport(
                 verify=verify, limits=self._limits, trust_env=False, retries=0
             )
         return transport
@@ -308,7 +308,7 @@ class DanubeClient:
             raise UpstreamTimeout(self._timeout_message(), attempts=attempt)
         try:
             with anyio.fail_after(limit):
-                request = httpx.Request(
+                request = httpx2.Request(
                     "POST", self._url, headers=headers, content=body, extensions={"timeout": self._timeouts}
                 )
                 response = await self._client().handle_async_request(request)
@@ -318,20 +318,20 @@ class DanubeClient:
                     await response.aclose()
         except TimeoutError:
             raise UpstreamTimeout(self._timeout_message()) from None
-        except httpx.TimeoutException:
+        except httpx2.TimeoutException:
             raise UpstreamTimeout(self._timeout_message()) from None
-        except httpx.ConnectError:
+        except httpx2.ConnectError:
             raise ConnectionFailed(self._connection_message("the connection was refused or failed")) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.NetworkError):
+        except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError, httpx2.NetworkError):
             raise ConnectionFailed(
                 self._connection_message("the connection closed before a complete answer arrived")
             ) from None
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             raise ConnectionFailed(self._connection_message("the HTTP exchange failed")) from None
         return self._interpret(response, raw, too_big, secrets)
 
     @staticmethod
-    async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+    async def _read_capped(response: httpx2.Response) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
@@ -344,7 +344,7 @@ class DanubeClient:
     # ----------------------------------------------------------------------------------------
 
     def _interpret(
-        self, response: httpx.Response, raw: bytes, too_big: bool, secrets: Scrubber
+        self, response: httpx2.Response, raw: bytes, too_big: bool, secrets: Scrubber
     ) -> StoreResult:
         status = response.status_code
         if 200 <= status < 300:

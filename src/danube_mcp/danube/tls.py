@@ -2,7 +2,7 @@
 
 Loading the CA bundle takes 25-60 ms, about a tenth of a cold start. OpenSSL releases the GIL
 while it parses the bundle, so a thread started before the heavy imports finishes it for free on
-the second core; the first call then finds it ready. Same trust roots as httpx's default.
+the second core; the first call then finds it ready. Same trust roots as httpx2's default.
 """
 
 from __future__ import annotations

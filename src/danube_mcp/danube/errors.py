@@ -1,7 +1,7 @@
 """The errors of a store, keyed by what went wrong.
 
 ``str(error)`` is a complete message for the model and the person: what failed and what to do. It
-never holds a secret (see :mod:`danube_mcp.redact`); ``repr`` shows only the status and code.
+never holds a secret (see :mod:`danube_mcp.danube.redact`); ``repr`` shows only the status and code.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ invalid JSON-RPC body echoes the body, secret included).
 
 Run it with ``danube-mcp --transport ...`` or under any ASGI server through the factory::
 
-    uvicorn --factory danube_mcp.http:create_app --workers 4 --host 0.0.0.0 --port 8000
+    uvicorn --factory danube_mcp.transports.http:create_app --workers 4 --host 0.0.0.0 --port 8000
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ from typing import Any, Final
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-from danube_mcp.asgi import Message, Receive, Scope, Send, header, read_body
+from danube_mcp.transports.asgi import Message, Receive, Scope, Send, header, read_body
 from danube_mcp.backend import Backend, open_backend
 from danube_mcp.config import ConfigError, Settings, is_placeholder, load_settings
-from danube_mcp.http_options import Allowlist, HttpOptions, env_bool
+from danube_mcp.transports.http_options import Allowlist, HttpOptions, env_bool
 from danube_mcp.jsonutil import loads_strict
 from danube_mcp.logs import SECRETS
 from danube_mcp.secure_input import PATH_PREFIX as SECURE_INPUT_PREFIX
 from danube_mcp.secure_input import SecureInputBroker
-from danube_mcp.server import CallerKeyError, build_server
+from danube_mcp.tool.handler import CallerKeyError, build_server
 
-logger = logging.getLogger("danube_mcp.http")
+logger = logging.getLogger("danube_mcp.transports.http")
 
 
 MCP_PATH: Final = "/mcp"
@@ -380,7 +380,7 @@ def create_app(
     backend: Backend | None = None,
 ) -> DanubeHttpApp:
     """ASGI application factory. With no arguments, everything comes from the environment
-    (``DANUBE_*`` and ``DANUBE_MCP_*``), as ``uvicorn --factory danube_mcp.http:create_app`` needs."""
+    (``DANUBE_*`` and ``DANUBE_MCP_*``), as ``uvicorn --factory danube_mcp.transports.http:create_app`` needs."""
     from_env = settings is None
     if settings is None:
         try:

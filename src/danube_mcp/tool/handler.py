@@ -4,7 +4,7 @@ Built on the SDK's low-level ``Server`` rather than FastMCP:
 
 * FastMCP's argument validation quotes argument values (the secret included) in its errors, and
   its structured-output validation costs more CPU per call than the rest of the server together.
-  Here the arguments are checked by :func:`danube_mcp.models.parse_arguments`, whose messages never
+  Here the arguments are checked by :func:`danube_mcp.tool.schema.parse_arguments`, whose messages never
   quote a value, and the result is built directly.
 * The ``tools/call`` handler is registered directly instead of through ``@server.call_tool()``,
   whose wrapper re-validates with jsonschema and logs unknown tool names at WARNING.
@@ -25,10 +25,10 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import McpError
 
 from danube_mcp import __version__
-from danube_mcp.danube import DanubeClient
-from danube_mcp.errors import DanubeError, MissingApiKey
+from danube_mcp.danube.client import DanubeClient
+from danube_mcp.danube.errors import DanubeError, MissingApiKey
 from danube_mcp.logs import SECRETS
-from danube_mcp.models import (
+from danube_mcp.tool.schema import (
     OUTPUT_SCHEMA,
     ArgumentError,
     StoreRequest,
@@ -39,7 +39,7 @@ from danube_mcp.models import (
 )
 from danube_mcp.secure_input import SecureInputBroker
 
-logger = logging.getLogger("danube_mcp.server")
+logger = logging.getLogger("danube_mcp.tool.handler")
 
 TOOL_NAME: Final = "store_credential"
 SANDBOX_PREFIX: Final = "[SANDBOX: local test store, not your Danube account] "

@@ -1,0 +1,1 @@
+"""Transports: stdio, the HTTP app with its security layer, and legacy SSE."""

@@ -16,11 +16,10 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from mcp import ClientSession, types
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
+import mcp_types as types
+from mcp import Client
 
-from procs import REPO, Captured, HttpServer, child_env, http_server
+from procs import MODES, REPO, Captured, HttpServer, child_env, http_server, mcp_http, mcp_sse
 from upstream import FakeUpstream, Reply
 
 pytestmark = pytest.mark.anyio
@@ -41,25 +40,16 @@ def env_for(up: FakeUpstream, **extra: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def streamable(
-    url: str, headers: dict[str, str] | None = None, **session_kw: Any
-) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx2.AsyncClient(headers=headers or {}, timeout=30) as hc,
-        streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
-        ClientSession(read, write, **session_kw) as session,
-    ):
-        await session.initialize()
-        yield session
+    url: str, headers: dict[str, str] | None = None, *, mode: str = "legacy", **client_kw: Any
+) -> AsyncIterator[Client]:
+    async with mcp_http(f"{url}/mcp", mode=mode, headers=headers, **client_kw) as client:
+        yield client
 
 
 @asynccontextmanager
-async def legacy_sse(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[ClientSession]:
-    async with (
-        sse_client(f"{url}/sse", headers=headers) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
+async def legacy_sse(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[Client]:
+    async with mcp_sse(f"{url}/sse", headers=headers) as client:
+        yield client
 
 
 def assert_clean(server: HttpServer, *texts: str) -> None:
@@ -68,7 +58,7 @@ def assert_clean(server: HttpServer, *texts: str) -> None:
         assert canary not in everything
 
 
-async def exercise(session: ClientSession) -> list[types.CallToolResult]:
+async def exercise(session: Client) -> list[types.CallToolResult]:
     tools = await session.list_tools()
     assert [t.name for t in tools.tools] == ["store_credential"]
     ok = await session.call_tool("store_credential", ARGS)
@@ -84,12 +74,15 @@ async def exercise(session: ClientSession) -> list[types.CallToolResult]:
     [(), ("--stateless",), ("--json-response",), ("--stateless", "--json-response")],
     ids=["stateful", "stateless", "json", "stateless-json"],
 )
-async def test_streamable_http_modes(upstream: FakeUpstream, flags: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_streamable_http_modes(upstream: FakeUpstream, flags: tuple[str, ...], mode: str) -> None:
     with http_server(env_for(upstream), ("--transport", "streamable-http", *flags)) as srv:
-        async with streamable(srv.url) as session:
+        async with streamable(srv.url, mode=mode) as session:
             results = await exercise(session)
+            expected = "2025-11-25" if mode == "legacy" else "2026-07-28"
+            assert session.protocol_version == expected
         upstream.set_default(lambda req: Reply(status=404, echo_body=True))
-        async with streamable(srv.url) as session:
+        async with streamable(srv.url, mode=mode) as session:
             failed = await session.call_tool("store_credential", ARGS)
         assert failed.is_error is True and "HTTP 404" in failed.content[0].text  # type: ignore[union-attr]
         assert_clean(srv, *(r.model_dump_json() for r in [*results, failed]))
@@ -111,9 +104,9 @@ async def test_legacy_sse_and_both_on_one_port(upstream: FakeUpstream) -> None:
 async def test_each_caller_uses_its_own_key_concurrently(upstream: FakeUpstream) -> None:
     with http_server(env_for(upstream), ("--transport", "http")) as srv:
 
-        async def caller(key: str | None, prefix: str, sse: bool) -> None:
+        async def caller(key: str | None, prefix: str, sse: bool, mode: str = "legacy") -> None:
             headers = {"danube-api-key": key} if key else None
-            ctx = legacy_sse(srv.url, headers) if sse else streamable(srv.url, headers)
+            ctx = legacy_sse(srv.url, headers) if sse else streamable(srv.url, headers, mode=mode)
             async with ctx as session, anyio.create_task_group() as tg:
                 for i in range(8):
                     args = {**ARGS, "service_id": f"{prefix}-{i}"}
@@ -124,9 +117,10 @@ async def test_each_caller_uses_its_own_key_concurrently(upstream: FakeUpstream)
             tg.start_soon(caller, KEY_B, "b", False)
             tg.start_soon(caller, KEY_A, "sa", True)
             tg.start_soon(caller, None, "server", False)
+            tg.start_soon(caller, KEY_B, "mb", False, "2026-07-28")
         assert_clean(srv)
-    expected = {"a": KEY_A, "b": KEY_B, "sa": KEY_A, "server": SERVER_KEY}
-    assert len(upstream.requests) == 32
+    expected = {"a": KEY_A, "b": KEY_B, "sa": KEY_A, "server": SERVER_KEY, "mb": KEY_B}
+    assert len(upstream.requests) == 40
     for req in upstream.requests:
         prefix = req.json()["service_id"].split("-")[0]
         assert req.headers["danube-api-key"] == expected[prefix]

@@ -18,12 +18,10 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import ClientSession
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
+from mcp import Client
 
 from danube_mcp.transports.http import MAX_BODY_BYTES
-from procs import HttpServer, child_env, http_server
+from procs import HttpServer, child_env, http_server, mcp_http, mcp_sse
 from sandbox_proc import start_sandbox
 
 pytestmark = pytest.mark.anyio
@@ -125,14 +123,9 @@ def error_body(r: httpx2.Response) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def streamable(url: str) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx2.AsyncClient(timeout=30) as hc,
-        streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
+async def streamable(url: str, mode: str = "legacy") -> AsyncIterator[Client]:
+    async with mcp_http(f"{url}/mcp", mode=mode) as client:
+        yield client
 
 
 async def assert_serving(s: Served) -> None:
@@ -143,8 +136,10 @@ async def assert_serving(s: Served) -> None:
         ok = await session.call_tool("store_credential", GOOD_ARGS)
         assert ok.is_error is False, ok
         assert CANARY not in ok.model_dump_json()
-    async with sse_client(f"{s.url}/sse") as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
+    async with streamable(s.url, "2026-07-28") as session:
+        ok = await session.call_tool("store_credential", {**GOOD_ARGS, "service_id": "svc_github_001"})
+        assert ok.is_error is False, ok
+    async with mcp_sse(f"{s.url}/sse") as session:
         ok = await session.call_tool("store_credential", {**GOOD_ARGS, "service_id": "svc_github_001"})
         assert ok.is_error is False, ok
     async with httpx2.AsyncClient() as hc:

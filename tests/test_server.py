@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import ClientSession, types
-from mcp.shared.memory import create_connected_server_and_client_session
+import mcp_types as types
+from mcp import Client
 
 from danube_mcp.danube.client import DanubeClient
 from danube_mcp.tool.schema import MAX_CREDENTIAL_VALUE, MAX_SERVICE_ID
@@ -40,18 +40,28 @@ def ok_handler(request: httpx2.Request) -> httpx2.Response:
     )
 
 
+ERA: list[str] = ["legacy"]
+
+
+@pytest.fixture(autouse=True, params=["legacy", "2026-07-28"])
+def era(request: pytest.FixtureRequest) -> str:
+    """Every test here runs in both protocol eras: initialize-era and 2026-07-28 requests."""
+    ERA[0] = request.param
+    return str(request.param)
+
+
 @asynccontextmanager
 async def session(
     handler: Handler = ok_handler, *, api_key: str | None = API_KEY, **server_kw: Any
-) -> AsyncIterator[ClientSession]:
+) -> AsyncIterator[Client]:
     client = DanubeClient(
         base_url="https://api.example.test",
         api_key=api_key,
         max_retries=0,
         transport=httpx2.MockTransport(handler),
     )
-    server = build_server(client, **server_kw)
-    async with client, create_connected_server_and_client_session(server) as s:
+    server, _ = build_server(client, **server_kw)
+    async with client, Client(server, mode=ERA[0]) as s:
         yield s
 
 

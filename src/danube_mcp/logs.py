@@ -42,7 +42,7 @@ DROP_MARKERS: Final = (
 # stream): normal events, not errors, so they are not printed.
 DISCONNECT_EXCEPTIONS: Final = frozenset({"ClosedResourceError", "BrokenResourceError", "EndOfStream"})
 
-# Loggers that print message contents at DEBUG: kept at INFO or above whatever the level asked.
+# Loggers that print message contents at DEBUG and session ids at INFO: kept at WARNING or above.
 NOISY_LOGGERS: Final = ("mcp", "sse_starlette", "httpcore", "hpack")
 
 
@@ -153,7 +153,8 @@ def setup_logging(level: str = "WARNING", stream: TextIO | None = None) -> loggi
     numeric = logging.getLevelName(level)
     root.setLevel(numeric)
     for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+        # WARNING at least: the SDK's INFO lines name session ids (and echo unknown ones).
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers.clear()

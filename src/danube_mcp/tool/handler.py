@@ -386,4 +386,18 @@ def build_server(
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )
+    # The SDK's default OpenTelemetry middleware is replaced: no exporter is configured here, and a
+    # span per message is pure cost. The one middleware left keeps method names out of errors.
+    server.middleware = [_quiet_method_not_found]
     return server, tool
+
+
+async def _quiet_method_not_found(ctx: Any, call_next: Any) -> Any:
+    """-32601 without ``data``: the SDK puts the requested method name there, and a client can put
+    anything in a method name."""
+    try:
+        return await call_next(ctx)
+    except MCPError as exc:
+        if exc.error.code == -32601 and exc.error.data is not None:
+            raise MCPError(code=-32601, message="Method not found") from None
+        raise

@@ -108,6 +108,8 @@ def _opens_session(scope: Scope, path: str) -> bool:
     return False
 
 
+# What the SDK mints for streamable HTTP (uuid4().hex).
+_MCP_SESSION_ID = re.compile(r"[0-9a-f]{32}")
 _SESSION_ID = re.compile(
     rb"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 )
@@ -402,6 +404,13 @@ class DanubeHttpApp:
                 await _send_json(send, status, _jsonrpc_error(-32000, text))
                 return
 
+        if is_mcp and session_id is not None and not self.options.stateless and not _is_modern(scope):
+            # Answered here rather than by the SDK, which logs the id it was sent: an id of the
+            # wrong shape, unknown, or opened by another caller is "not found", all alike.
+            if not _MCP_SESSION_ID.fullmatch(session_id) or self.sessions.owner(session_id) != identity:
+                await _drain(receive)
+                await _send_json(send, 404, _jsonrpc_error(-32600, "Session not found"))
+                return
         if is_mcp:
             assert self.session_manager is not None
             if session_id is not None:
@@ -411,7 +420,11 @@ class DanubeHttpApp:
             out = _sanitising_send(send)
             if opening:
                 out = self.sessions.watching(out, identity)
-            await self.session_manager.handle_request(scope, receive, out)
+            try:
+                await self.session_manager.handle_request(scope, receive, out)
+            finally:
+                if session_id is not None:
+                    self.sessions.touch(session_id)  # idle time counts from the end of a request
         elif path == SSE_PATH and self.sse is not None:
             await self._serve_sse(scope, receive, send, identity)
         elif path == MESSAGES_PATH and self.sse is not None:

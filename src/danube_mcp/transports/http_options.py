@@ -73,7 +73,7 @@ class HttpOptions:
     public_url: str | None = None
     # Stateful sessions (initialize era): caps in total and per caller identity, idle timeout.
     max_sessions: int = 1000
-    max_sessions_per_caller: int = 20
+    max_sessions_per_caller: int = 100
     session_idle_seconds: float = 600.0
     # Bound to a non-loopback address (or an address not known, under an external ASGI server).
     public_bind: bool = False
@@ -131,7 +131,7 @@ class HttpOptions:
             secure_input_ttl=settings.secure_input_ttl,
             public_url=settings.public_url,
             max_sessions=_env_int("DANUBE_MCP_MAX_SESSIONS", 1000, 1, 100_000),
-            max_sessions_per_caller=_env_int("DANUBE_MCP_MAX_SESSIONS_PER_CALLER", 20, 1, 100_000),
+            max_sessions_per_caller=_env_int("DANUBE_MCP_MAX_SESSIONS_PER_CALLER", 100, 1, 100_000),
             session_idle_seconds=60.0 * _env_int("DANUBE_MCP_SESSION_IDLE_MINUTES", 10, 1, 24 * 60),
             public_bind=not (bind_known and is_loopback_host(host)),
         )

@@ -30,7 +30,8 @@ class SessionLimits:
         return len(self._sessions) + sum(self._sse.values())
 
     def _prune(self, now: float) -> None:
-        cutoff = now - self.idle_seconds
+        # Twice the SDK's idle timeout: its clock starts when a request ends, ours when one starts.
+        cutoff = now - 2 * self.idle_seconds
         stale = [sid for sid, (_, seen) in self._sessions.items() if seen < cutoff]
         for sid in stale:
             del self._sessions[sid]
@@ -55,6 +56,13 @@ class SessionLimits:
         entry = self._sessions.get(session_id)
         if entry is not None:
             self._sessions[session_id] = (entry[0], time.monotonic())
+
+    def owner(self, session_id: str) -> str | None:
+        """The identity that opened ``session_id``, or None if no live session has that id."""
+        entry = self._sessions.get(session_id)
+        if entry is None or entry[1] < time.monotonic() - 2 * self.idle_seconds:
+            return None
+        return entry[0]
 
     def closed(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)

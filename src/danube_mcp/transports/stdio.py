@@ -32,6 +32,7 @@ import anyio
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
+from mcp_types.methods import SPEC_CLIENT_METHODS
 from pydantic import ValidationError
 
 from danube_mcp.jsonutil import loads_strict
@@ -129,6 +130,15 @@ def _loads(line: bytes) -> Any:
         return loads_strict(line)
     except ValueError:
         return _INVALID
+
+
+def _unknown_method(message: SessionMessage) -> bytes | None:
+    """-32601 for a request naming no MCP method at all, answered here at once and without
+    quoting the name (the SDK's answer would echo it in ``data``)."""
+    root = message.message
+    if isinstance(root, types.JSONRPCRequest) and root.method not in SPEC_CLIENT_METHODS:
+        return _error_line(-32601, "Method not found", root.id)
+    return None
 
 
 class _LineSplitter:
@@ -382,6 +392,11 @@ async def stdio_transport(
                 if isinstance(parsed, bytes):
                     io.write(parsed)
                     await io.drain()  # a client that sends junk and never reads cannot grow memory
+                    continue
+                rejected = _unknown_method(parsed)
+                if rejected is not None:
+                    io.write(rejected)
+                    await io.drain()
                     continue
                 if isinstance(parsed.message, types.JSONRPCRequest):
                     pending.add(parsed.message.id)

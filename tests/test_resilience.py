@@ -328,6 +328,9 @@ async def test_stdio_cancellation_abandons_the_upstream_request_and_leaks_nothin
     with watch_upstream(hang=True) as up, raw_stdio(env_for(up)) as raw:
         start_raw(raw, era)  # and the server is up: its file descriptors can be counted
         fds_before = open_fds(raw.proc.pid)
+        # Cancels naming nothing in flight (any JSON may sit in requestId) change nothing.
+        for odd in ([1], {"id": 1}, None, True, 1.5, "no-such-request", 99):
+            raw.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": odd}})
         for i in range(1, cycles + 1):
             raw.send(call_msg(i, era=era))
             await up.until(lambda u, n=i: len(u.requests) >= n, 10, f"request {i} arrives")

@@ -125,8 +125,9 @@ def _cancels(message: types.JSONRPCMessage) -> bool:
 
 
 def _cancelled_id(message: types.JSONRPCMessage) -> Any:
+    """The request id a cancel names, or None: any JSON may sit there, an unhashable list too."""
     params = getattr(message, "params", None)
-    return params.get("requestId") if isinstance(params, dict) else None
+    return _request_id({"id": params.get("requestId")}) if isinstance(params, dict) else None
 
 
 _INVALID: Final = object()

@@ -9,7 +9,7 @@ the next normal call succeeds.
 One upstream, one stdio server and one HTTP server serve the whole module; each row re-scripts the
 upstream. ``docs/fault-matrix.md`` is generated from ``CASES``, and a test keeps the two in step::
 
-    PYTHONPATH=src /tmp/venv/bin/python tests/test_fault_matrix.py > docs/fault-matrix.md
+    PYTHONPATH=src python tests/test_fault_matrix.py > docs/fault-matrix.md
 
 Policy under test (``DANUBE_TIMEOUT=1``, ``DANUBE_MCP_CALL_BUDGET=2.5``, ``DANUBE_MAX_RETRIES=2``):
 502/503/504, 429 without ``upgrade_url``, connection failures and timeouts are retried up to
@@ -38,12 +38,15 @@ import anyio
 import httpx2
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from mcp import ClientSession, StdioServerParameters, types
+from anyio.streams.memory import MemoryObjectReceiveStream
+from mcp import Client, StdioServerParameters, types
+from mcp.client import Transport
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
-from procs import REPO, Captured, HttpServer, child_env
+from procs import MODERN, REPO, Captured, HttpServer, child_env
 from upstream import FakeUpstream, Recorded, Reply
 
 API_KEY = "dk-CANARY-fault-key-5f3a9c0e7b21d846"
@@ -738,6 +741,12 @@ CASES: tuple[Case, ...] = (
 )
 
 
+HTTP_CASES = tuple(c for c in CASES if c.http)
+# The 2026-07-28 era changes how a call reaches the tool (no session, per-request _meta), not the
+# Danube client's retry timing: the retried HTTP rows are left out there, except the timeout row.
+ERA_2026_CASES = tuple(c for c in HTTP_CASES if c.attempts == 1 or c.outcome == "timeout")
+
+
 # --------------------------------------------------------------------------------------------
 # The doc table
 
@@ -751,7 +760,10 @@ def render_doc(cases: tuple[Case, ...] = CASES) -> str:
         "",
         "How `danube-mcp` answers each way Danube, or the network in front of it, can misbehave. Every "
         "row is a test case in `tests/test_fault_matrix.py`, run through a real server process over "
-        "stdio, and also over streamable HTTP where the HTTP column says so; this file is generated "
+        "stdio, and also over streamable HTTP where the HTTP column says so. Every row runs in an "
+        "`initialize`-era session; the HTTP rows with one attempt, and the timeout row, also run as "
+        "2026-07-28 requests (per-request `_meta`, no session) over stdio and over streamable HTTP. "
+        "This file is generated "
         "from those rows (`PYTHONPATH=src python tests/test_fault_matrix.py > docs/fault-matrix.md`) "
         "and a test fails if the two differ.",
         "",
@@ -834,7 +846,7 @@ class Mark:
 class Endpoint:
     name: str
     portal: BlockingPortal
-    session: ClientSession
+    client: Client
     err: Captured
     wire: list[bytearray]  # what the server sent: stdout lines, or HTTP response heads + bodies
     stdout: Callable[[], bytes] = field(default=lambda: b"")
@@ -843,7 +855,7 @@ class Endpoint:
         """The tool call's result, its duration, and what the server logged meanwhile."""
         mark = len(self.err.text())
         start = time.monotonic()
-        result = self.portal.call(self.session.call_tool, TOOL, args)
+        result = self.portal.call(self.client.call_tool, TOOL, args)
         elapsed = time.monotonic() - start
         return result, elapsed, self.err.text()[mark:]
 
@@ -874,14 +886,11 @@ def server_env(up: FakeUpstream) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def recorded_stdio(
-    env: dict[str, str],
-) -> AsyncIterator[tuple[ClientSession, Captured, list[bytearray]]]:
-    """Like ``procs.mcp_stdio``, but every message the server writes to stdout is kept."""
-    err = Captured()
-    wire: list[bytearray] = []
-    params = StdioServerParameters(command=sys.executable, args=["-m", "danube_mcp"], env=env, cwd=str(REPO))
-    async with stdio_client(params, errlog=cast(TextIO, err.file)) as (read, write):
+async def teed(
+    transport: Transport, wire: list[bytearray]
+) -> AsyncIterator[tuple[MemoryObjectReceiveStream[SessionMessage | Exception], Any]]:
+    """``transport`` with every message the server sends also kept, serialised, in ``wire``."""
+    async with transport as (read, write):
         tee_send, tee_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
 
         async def tee() -> None:
@@ -895,10 +904,23 @@ async def recorded_stdio(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(tee)
-            async with ClientSession(tee_recv, write) as session:
-                await session.initialize()
-                yield session, err, wire
-            tg.cancel_scope.cancel()
+            try:
+                yield tee_recv, write
+            finally:
+                tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def recorded_stdio(
+    env: dict[str, str], mode: str
+) -> AsyncIterator[tuple[Client, Captured, list[bytearray]]]:
+    """Like ``procs.mcp_stdio``, but every message the server writes to stdout is kept."""
+    err = Captured()
+    wire: list[bytearray] = []
+    params = StdioServerParameters(command=sys.executable, args=["-m", "danube_mcp"], env=env, cwd=str(REPO))
+    transport = teed(stdio_client(params, errlog=cast(TextIO, err.file)), wire)
+    async with Client(transport, mode=mode) as client:
+        yield client, err, wire
 
 
 class _TeeStream(httpx2.AsyncByteStream):
@@ -939,14 +961,11 @@ class RecordingTransport(httpx2.AsyncBaseTransport):
 
 
 @asynccontextmanager
-async def recorded_streamable(url: str, wire: list[bytearray]) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx2.AsyncClient(transport=RecordingTransport(wire), timeout=30) as hc,
-        streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
+async def recorded_streamable(url: str, wire: list[bytearray], mode: str) -> AsyncIterator[Client]:
+    async with httpx2.AsyncClient(transport=RecordingTransport(wire), timeout=30) as hc:
+        transport = streamable_http_client(f"{url}/mcp", http_client=hc)
+        async with Client(transport, mode=mode) as client:
+            yield client
 
 
 @pytest.fixture(scope="module")
@@ -961,10 +980,21 @@ def portal() -> Iterator[BlockingPortal]:
         yield p
 
 
+def _stdio_endpoint(portal: BlockingPortal, fake: FakeUpstream, mode: str) -> Iterator[Endpoint]:
+    # One process per era: an initialize request fixes a stdio process to the initialize era.
+    with portal.wrap_async_context_manager(recorded_stdio(server_env(fake), mode)) as (client, err, wire):
+        assert client.protocol_version == (MODERN if mode == MODERN else LATEST_HANDSHAKE_VERSION)
+        yield Endpoint(f"stdio ({mode})", portal, client, err, wire)
+
+
 @pytest.fixture(scope="module")
 def stdio(portal: BlockingPortal, fake: FakeUpstream) -> Iterator[Endpoint]:
-    with portal.wrap_async_context_manager(recorded_stdio(server_env(fake))) as (session, err, wire):
-        yield Endpoint("stdio", portal, session, err, wire)
+    yield from _stdio_endpoint(portal, fake, "legacy")
+
+
+@pytest.fixture(scope="module")
+def stdio_2026(portal: BlockingPortal, fake: FakeUpstream) -> Iterator[Endpoint]:
+    yield from _stdio_endpoint(portal, fake, MODERN)
 
 
 def _nonblocking_reader(srv: HttpServer) -> Callable[[], bytes]:
@@ -985,16 +1015,37 @@ def _nonblocking_reader(srv: HttpServer) -> Callable[[], bytes]:
 
 
 @pytest.fixture(scope="module")
-def http(portal: BlockingPortal, fake: FakeUpstream) -> Iterator[Endpoint]:
+def http_server(fake: FakeUpstream) -> Iterator[tuple[HttpServer, Callable[[], bytes]]]:
+    """One HTTP process serves both eras: an initialize-era session and 2026 stateless requests."""
     srv = HttpServer(server_env(fake), ("--transport", "streamable-http"))
     try:
-        wire: list[bytearray] = []
-        with portal.wrap_async_context_manager(recorded_streamable(srv.url, wire)) as session:
-            yield Endpoint("http", portal, session, srv.err, wire, _nonblocking_reader(srv))
+        yield srv, _nonblocking_reader(srv)
     finally:
         srv.stop()
         if srv.proc.stdout:
             srv.proc.stdout.close()
+
+
+def _http_endpoint(
+    portal: BlockingPortal, server: tuple[HttpServer, Callable[[], bytes]], mode: str
+) -> Iterator[Endpoint]:
+    srv, stdout = server
+    wire: list[bytearray] = []
+    with portal.wrap_async_context_manager(recorded_streamable(srv.url, wire, mode)) as client:
+        assert client.protocol_version == (MODERN if mode == MODERN else LATEST_HANDSHAKE_VERSION)
+        yield Endpoint(f"http ({mode})", portal, client, srv.err, wire, stdout)
+
+
+@pytest.fixture(scope="module")
+def http(portal: BlockingPortal, http_server: tuple[HttpServer, Callable[[], bytes]]) -> Iterator[Endpoint]:
+    yield from _http_endpoint(portal, http_server, "legacy")
+
+
+@pytest.fixture(scope="module")
+def http_2026(
+    portal: BlockingPortal, http_server: tuple[HttpServer, Callable[[], bytes]]
+) -> Iterator[Endpoint]:
+    yield from _http_endpoint(portal, http_server, MODERN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1069,9 +1120,26 @@ def test_fault_over_stdio(stdio: Endpoint, fake: FakeUpstream, case: Case) -> No
     run_case(stdio, fake, case)
 
 
-@pytest.mark.parametrize("case", _params(tuple(c for c in CASES if c.http)))
+@pytest.mark.parametrize("case", _params(HTTP_CASES))
 def test_fault_over_streamable_http(http: Endpoint, fake: FakeUpstream, case: Case) -> None:
     run_case(http, fake, case)
+
+
+@pytest.mark.parametrize("case", _params(ERA_2026_CASES))
+@pytest.mark.parametrize("endpoint", ["stdio_2026", "http_2026"])
+def test_fault_in_the_2026_era(
+    request: pytest.FixtureRequest, fake: FakeUpstream, endpoint: str, case: Case
+) -> None:
+    """The HTTP rows (but the retried ones) again, as 2026-07-28 requests (per-request ``_meta``,
+    no session): the same answers, attempts, budget and silence about secrets in either era."""
+    ep: Endpoint = request.getfixturevalue(endpoint)
+    mark = ep.mark()
+    run_case(ep, fake, case)
+    # And it was the 2026 era: results carry resultType and the serverInfo stamp, with no session.
+    out = ep.output_since(mark)
+    assert out.count('"resultType":"complete"') >= 2, out[-2000:]
+    assert out.count('"io.modelcontextprotocol/serverInfo"') >= 2, out[-2000:]
+    assert "mcp-session-id" not in out.lower()
 
 
 if __name__ == "__main__":

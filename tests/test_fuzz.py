@@ -5,8 +5,10 @@ Every ``tools/call`` either stores the credential in the sandbox or comes back a
 (no "Internal error", no protocol error), the server keeps serving, and the secret-bearing field
 (and a canary hidden in any other field or key) is never echoed.
 
-Two sessions, each kept open across all examples of a test (hypothesis drives a sync function; the
-session lives in an anyio blocking portal):
+Two kinds of client, each kept open across all examples of a test (hypothesis drives a sync
+function; the client lives in an anyio blocking portal), each in both protocol eras (an
+initialize-era session, and 2026-07-28 requests); in process the example budget is split
+between the eras:
 
 * in process: ``build_server`` over a ``DanubeClient`` whose transport is the sandbox ASGI app;
 * a real ``danube-mcp --sandbox`` child over stdio (fewer examples: to show it never crashes).
@@ -14,14 +16,12 @@ session lives in an anyio blocking portal):
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +30,17 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mcp import ClientSession, types
-from mcp.shared.memory import create_connected_server_and_client_session
+from mcp import Client, types
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from danube_mcp.danube.client import DanubeClient
-from danube_mcp.tool.schema import MAX_CREDENTIAL_VALUE, ArgumentError, StoreRequest, parse_arguments
 from danube_mcp.sandbox import BUILTIN_SERVICES, DEMO_API_KEY, create_app, open_store
 from danube_mcp.sandbox.catalog import build_catalog, lookup
 from danube_mcp.sandbox.constants import MAX_BODY_BYTES
 from danube_mcp.sandbox.store import classify_value
 from danube_mcp.tool.handler import SANDBOX_PREFIX, TOOL_NAME, build_server
-from procs import child_env, mcp_stdio
+from danube_mcp.tool.schema import MAX_CREDENTIAL_VALUE, ArgumentError, StoreRequest, parse_arguments
+from procs import MODERN, child_env, mcp_stdio
 
 CANARY = "sk-CANARY-fuzz-8c7d6e5f4a3b2910"
 MISSING = object()  # the argument is left out
@@ -51,7 +51,7 @@ EXTRA_ARGUMENT_EXAMPLES = 500
 TOOL_NAME_EXAMPLES = 300
 STDIO_EXAMPLES = 50
 
-CALL_TIMEOUT = timedelta(seconds=20)
+CALL_TIMEOUT = 20.0  # seconds
 EXAMPLES_RUN: Counter[str] = Counter()
 OUTCOMES: Counter[str] = Counter()
 PLAIN_NAME = re.compile(r"^[A-Za-z][A-Za-z_-]{0,31}$")  # names the server may quote back
@@ -317,49 +317,63 @@ def check_result(args: dict[str, Any], result: types.CallToolResult, prefix: str
 @dataclass
 class InProcess:
     portal: BlockingPortal
-    session: ClientSession
+    client: Client
     stats: dict[str, int]  # the sandbox's counters: store_requests, stored
+    mode: str
+
+    def examples(self, budget: int) -> int:
+        """This era's share of a test's example budget."""
+        return max(1, round(budget * ERA_SHARE[self.mode]))
 
     def call(self, name: str, args: dict[str, Any]) -> types.CallToolResult:
-        return call_tool(self.portal, self.session, name, args)
+        return call_tool(self.portal, self.client, name, args)
 
 
 def call_tool(
-    portal: BlockingPortal, session: ClientSession, name: str, args: dict[str, Any]
+    portal: BlockingPortal, client: Client, name: str, args: dict[str, Any]
 ) -> types.CallToolResult:
     """One call, bounded: a lost answer fails the example instead of hanging the run."""
-    result: types.CallToolResult = portal.call(
-        functools.partial(session.call_tool, name, args, read_timeout_seconds=CALL_TIMEOUT)
-    )
-    return result
+
+    async def call() -> types.CallToolResult:
+        return await client.call_tool(name, args, read_timeout_seconds=CALL_TIMEOUT)
+
+    return portal.call(call)
 
 
 @asynccontextmanager
-async def in_process_session() -> AsyncIterator[tuple[ClientSession, dict[str, int]]]:
+async def in_process_client(mode: str) -> AsyncIterator[tuple[Client, dict[str, int]]]:
+    """The server in this process; ``legacy`` runs the SDK's initialize-era loop over in-memory
+    streams, 2026-07-28 its per-request path (no streams, no JSON-RPC framing)."""
     store = open_store(":memory:")
     app = create_app(store, api_keys=[DEMO_API_KEY])
-    client = DanubeClient(
+    danube = DanubeClient(
         base_url="http://sandbox.invalid",
         api_key=DEMO_API_KEY,
         max_retries=0,
         transport=httpx2.ASGITransport(app=app),
     )
-    server = build_server(client)
+    server, _ = build_server(danube)
     try:
-        async with client, create_connected_server_and_client_session(server) as session:
-            await session.list_tools()  # the client then checks structured results against the schema
-            yield session, app.state.stats
+        async with danube, Client(server, mode=mode) as client:
+            assert client.protocol_version == (MODERN if mode == MODERN else LATEST_HANDSHAKE_VERSION)
+            await client.list_tools()  # the client then checks structured results against the schema
+            yield client, app.state.stats
     finally:
         await store.aclose()
 
 
-@pytest.fixture(scope="module")
-def in_process() -> Iterator[InProcess]:
+# Each test runs in both eras, with its examples split between them (same run time as one era).
+ERA_SHARE = {"legacy": 0.5, MODERN: 0.5}
+
+
+@pytest.fixture(scope="module", params=list(ERA_SHARE))
+def in_process(request: pytest.FixtureRequest) -> Iterator[InProcess]:
+    mode: str = request.param
     with (
         start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(in_process_session()) as (session, stats),
+        portal.wrap_async_context_manager(in_process_client(mode)) as (client, stats),
     ):
-        yield InProcess(portal, session, stats)
+        yield InProcess(portal, client, stats, mode)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -384,10 +398,10 @@ def report_examples(request: pytest.FixtureRequest) -> Iterator[None]:
 def test_arbitrary_arguments_succeed_or_fail_cleanly(in_process: InProcess) -> None:
     outcomes: Counter[str] = Counter()
 
-    @settings(FUZZ_SETTINGS, max_examples=IN_PROCESS_EXAMPLES)
+    @settings(FUZZ_SETTINGS, max_examples=in_process.examples(IN_PROCESS_EXAMPLES))
     @given(args=arguments(IN_MEMORY))
     def prop(args: dict[str, Any]) -> None:
-        EXAMPLES_RUN["in-process arguments"] += 1
+        EXAMPLES_RUN[f"in-process arguments ({in_process.mode})"] += 1
         before = dict(in_process.stats)
         result = in_process.call(TOOL_NAME, args)
         outcome = check_result(args, result)
@@ -407,10 +421,10 @@ def test_arbitrary_extra_arguments_are_refused_without_echo(in_process: InProces
     s = strategies(IN_MEMORY)
     good = {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": CANARY}
 
-    @settings(FUZZ_SETTINGS, max_examples=EXTRA_ARGUMENT_EXAMPLES)
+    @settings(FUZZ_SETTINGS, max_examples=in_process.examples(EXTRA_ARGUMENT_EXAMPLES))
     @given(extra=s["extra"].filter(lambda d: any(k not in good for k in d)))
     def prop(extra: dict[str, Any]) -> None:
-        EXAMPLES_RUN["in-process extra arguments"] += 1
+        EXAMPLES_RUN[f"in-process extra arguments ({in_process.mode})"] += 1
         before = in_process.stats["store_requests"]
         args = {**good, **{k: v for k, v in extra.items() if k not in good}}
         result = in_process.call(TOOL_NAME, args)
@@ -433,10 +447,10 @@ def test_arbitrary_tool_names_get_a_clean_error(in_process: InProcess) -> None:
         long_strings(alphabet),
     ).filter(lambda n: n != TOOL_NAME)
 
-    @settings(FUZZ_SETTINGS, max_examples=TOOL_NAME_EXAMPLES)
+    @settings(FUZZ_SETTINGS, max_examples=in_process.examples(TOOL_NAME_EXAMPLES))
     @given(name=names)
     def prop(name: str) -> None:
-        EXAMPLES_RUN["in-process tool names"] += 1
+        EXAMPLES_RUN[f"in-process tool names ({in_process.mode})"] += 1
         result = in_process.call(name, {"credential_value": CANARY})
         assert result.is_error is True
         assert result.content[0].text == "Unknown tool. This server has one tool: store_credential."  # type: ignore[union-attr]
@@ -468,20 +482,22 @@ def test_value_overlapping_a_returned_field_does_not_mangle_it(in_process: InPro
 # A real process over stdio
 
 
-def test_real_stdio_process_never_crashes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", list(ERA_SHARE))
+def test_real_stdio_process_never_crashes(tmp_path: Path, mode: str) -> None:
     env = child_env(DANUBE_MCP_LOG_LEVEL="DEBUG")
     args = ("--sandbox", "--sandbox-db", str(tmp_path / "sb.db"))
     outcomes: Counter[str] = Counter()
     with (
         start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(mcp_stdio(env, args)) as (session, err),
+        portal.wrap_async_context_manager(mcp_stdio(env, args, mode=mode)) as (client, err),
     ):
+        assert client.protocol_version == (MODERN if mode == MODERN else LATEST_HANDSHAKE_VERSION)
 
-        @settings(FUZZ_SETTINGS, max_examples=STDIO_EXAMPLES)
+        @settings(FUZZ_SETTINGS, max_examples=STDIO_EXAMPLES)  # per era: a process start dominates
         @given(args=arguments(OVER_STDIO))
         def prop(args: dict[str, Any]) -> None:
-            EXAMPLES_RUN["stdio arguments"] += 1
-            result = call_tool(portal, session, TOOL_NAME, args)
+            EXAMPLES_RUN[f"stdio arguments ({mode})"] += 1
+            result = call_tool(portal, client, TOOL_NAME, args)
             # What the server sees is what survives the JSON round trip.
             wire = json.loads(json.dumps(args))
             outcome = check_result(wire, result, prefix=SANDBOX_PREFIX)
@@ -490,9 +506,10 @@ def test_real_stdio_process_never_crashes(tmp_path: Path) -> None:
 
         prop()
         # Alive and answering at the end.
-        portal.call(session.send_ping)
+        listed = portal.call(client.list_tools)
+        assert [t.name for t in listed.tools] == [TOOL_NAME]
         good = {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": CANARY}
-        final = call_tool(portal, session, TOOL_NAME, good)
+        final = call_tool(portal, client, TOOL_NAME, good)
         assert final.is_error is False
         stderr = err.text()
     assert outcomes["invalid"] > 0

@@ -1,5 +1,7 @@
-"""Load: 10,000 ``store_credential`` calls over streamable HTTP from 32 concurrent MCP sessions, against a
-real ``danube-sandbox`` process (SQLite + AES-GCM), through a real ``danube-mcp`` process.
+"""Load: 10,000 ``store_credential`` calls over streamable HTTP from 32 concurrent MCP clients, against a
+real ``danube-sandbox`` process (SQLite + AES-GCM), through a real ``danube-mcp`` process. Half the clients
+hold initialize-era sessions, half send 2026-07-28 requests (per-request ``_meta``, no session): both eras
+on one server at once, as after a host upgrade.
 
 Asserts zero errors, that the sandbox counted exactly one store per call, and that the server's resident
 memory does not grow beyond noise once warm. Prints calls/s and RSS figures (visible with ``-s``) and writes
@@ -7,10 +9,12 @@ them to ``bench/results/load.json``.
 
 Run it on its own with ``pytest -m load tests/test_load.py -s``.
 
-The client is a lean raw HTTP/1.1 one (one keep-alive connection per session, ``initialize`` +
-``notifications/initialized``, then ``tools/call`` with the ``mcp-session-id`` header, answers read from
-the SSE ``data:`` line): the SDK client costs more CPU per call than the server does, and on a 2-core
-machine it would measure itself. The SDK client is exercised by the end-to-end tests.
+The client is a lean raw HTTP/1.1 one (one keep-alive connection per client; a session client sends
+``initialize`` + ``notifications/initialized``, then ``tools/call`` with the ``mcp-session-id`` header; a
+2026 client sends ``server/discover``, then ``tools/call`` with ``_meta`` and the MCP-Protocol-Version,
+Mcp-Method and Mcp-Name headers; answers read from the SSE ``data:`` line or a JSON body): the SDK
+client costs more CPU per call than the server does, and on a 2-core machine it would measure itself.
+The SDK client is exercised by the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -28,15 +32,18 @@ from typing import Any, Final
 
 import anyio
 import pytest
-from mcp.types import LATEST_PROTOCOL_VERSION
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
-from procs import REPO, child_env, http_server
+from procs import MODERN, REPO, child_env, http_server, modern_meta
 from sandbox_proc import sandbox_stats, start_sandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.load]
 
 API_KEY: Final = "load-key"
 SESSIONS: Final = 32
+# Half the clients hold initialize-era sessions, half send 2026-07-28 requests (per-request _meta,
+# no session), all at once against the same server: the calls are shared out among all 32.
+MODERN_CLIENTS: Final = SESSIONS // 2
 CALLS: Final = 10_000
 WARMUP_CALLS: Final = 1_000
 TIME_LIMIT: Final = 600.0  # seconds for the whole run: CI must never hang on this test
@@ -65,16 +72,20 @@ def rss_mib(pid: int) -> float:
 
 
 class RawSession:
-    """One MCP session over streamable HTTP on its own keep-alive HTTP/1.1 connection."""
+    """One MCP client over streamable HTTP on its own keep-alive HTTP/1.1 connection: an
+    initialize-era session (``legacy``), or a 2026-07-28 client whose requests stand alone."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, era: str = "legacy") -> None:
         self.host, self.port = host, port
+        self.era = era
         self.session_id: str | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.next_id = 0
 
-    async def _request(self, method: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    async def _request(
+        self, method: str, body: bytes = b"", extra: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -85,9 +96,9 @@ class RawSession:
         )
         if self.session_id is not None:
             head += (
-                f"mcp-session-id: {self.session_id}\r\nmcp-protocol-version: {LATEST_PROTOCOL_VERSION}\r\n"
+                f"mcp-session-id: {self.session_id}\r\nmcp-protocol-version: {LATEST_HANDSHAKE_VERSION}\r\n"
             )
-        self.writer.write(head.encode("latin-1") + b"\r\n" + body)
+        self.writer.write((head + extra).encode("latin-1") + b"\r\n" + body)
         raw = await self.reader.readuntil(b"\r\n\r\n")
         lines = raw.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
@@ -116,7 +127,15 @@ class RawSession:
 
     async def rpc(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """POST one JSON-RPC message; the answer to it (for a request), None for a notification."""
-        status, headers, data = await self._request("POST", json.dumps(message).encode())
+        extra = ""
+        if self.era == MODERN:
+            message = {**message, "params": {**message.get("params", {}), "_meta": modern_meta()}}
+            extra = f"mcp-protocol-version: {MODERN}\r\nmcp-method: {message['method']}\r\n"
+            if "name" in message["params"]:
+                extra += f"mcp-name: {message['params']['name']}\r\n"
+        status, headers, data = await self._request("POST", json.dumps(message).encode(), extra)
+        if self.era == MODERN and "mcp-session-id" in headers:
+            raise RuntimeError("a 2026-07-28 request was given a session")
         self.session_id = headers.get("mcp-session-id", self.session_id)
         if "id" not in message:
             if status not in (200, 202):
@@ -138,13 +157,18 @@ class RawSession:
         raise RuntimeError(f"no answer to request {message['id']} in the SSE body")
 
     async def open(self) -> None:
+        if self.era == MODERN:  # no session: discover the server, as a 2026 client does first
+            found = await self.rpc({"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {}})
+            if found is None or MODERN not in found.get("result", {}).get("supportedVersions", []):
+                raise RuntimeError(f"server/discover failed: {found}")
+            return
         answer = await self.rpc(
             {
                 "jsonrpc": "2.0",
                 "id": 0,
                 "method": "initialize",
                 "params": {
-                    "protocolVersion": LATEST_PROTOCOL_VERSION,
+                    "protocolVersion": LATEST_HANDSHAKE_VERSION,
                     "capabilities": {},
                     "clientInfo": {"name": "load-test", "version": "0"},
                 },
@@ -224,6 +248,9 @@ async def worker(index: int, session: RawSession, tally: Tally) -> None:
         if structured.get("success") is not True or structured.get("service_id") != service:
             tally.errors.append(f"unexpected result: {json.dumps(result)[:200]}")
             continue
+        if ("resultType" in result) is not (session.era == MODERN):  # each era's result shape
+            tally.errors.append(f"wrong era ({session.era}): {json.dumps(result)[:200]}")
+            continue
         tally.ok += 1
         tally.latencies.append(time.perf_counter() - started)
 
@@ -259,7 +286,9 @@ async def test_ten_thousand_calls_from_32_sessions(stack: tuple[Any, Any]) -> No
     rss_idle = rss_mib(pid)
     with anyio.fail_after(TIME_LIMIT):
         before = await sandbox_stats(sandbox.url)
-        sessions = [RawSession(host, int(port)) for _ in range(SESSIONS)]
+        sessions = [
+            RawSession(host, int(port), MODERN if i < MODERN_CLIENTS else "legacy") for i in range(SESSIONS)
+        ]
         try:
             with anyio.fail_after(60):
                 async with anyio.create_task_group() as tg:
@@ -283,6 +312,7 @@ async def test_ten_thousand_calls_from_32_sessions(stack: tuple[Any, Any]) -> No
     calls_done = warm.ok + measured.ok + len(errors)
     figures = {
         "sessions": SESSIONS,
+        "of_which_2026_clients": MODERN_CLIENTS,
         "calls": calls_done,
         "errors": len(errors),
         "error_samples": sorted(set(errors))[:5],

@@ -166,7 +166,7 @@ class FakeUpstream:
                 try:
                     if reply.barrier:
                         await self._wait_barrier(reply.barrier)
-                    if not await self._answer(rec, reply, writer):
+                    if not await self._answer(rec, reply, reader, writer):
                         return
                 finally:
                     self.in_flight -= 1
@@ -183,9 +183,15 @@ class FakeUpstream:
             self._arrived.set()
         await self._arrived.wait()
 
-    async def _answer(self, rec: Recorded, reply: Reply, writer: asyncio.StreamWriter) -> bool:
+    async def _answer(
+        self, rec: Recorded, reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         if reply.hang:
-            await asyncio.Event().wait()
+            # Never answer; the request ends when the client gives up and closes the connection.
+            # (Waiting on a fresh Event instead left a task that asyncio later reported destroyed.)
+            while await reader.read(65536):
+                pass
+            return False
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.close_before:

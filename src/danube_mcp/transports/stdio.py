@@ -121,6 +121,16 @@ def classify_line(line: bytes) -> SessionMessage | bytes | None:
         return _error_line(-32600, "Invalid Request: not a valid MCP message", rid)
 
 
+def _cancels(message: types.JSONRPCMessage) -> bool:
+    return isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled"
+
+
+def _cancelled_id(message: types.JSONRPCMessage) -> Any:
+    """The request id a cancel names, or None: any JSON may sit there, an unhashable list too."""
+    params = getattr(message, "params", None)
+    return _request_id({"id": params.get("requestId")}) if isinstance(params, dict) else None
+
+
 _INVALID: Final = object()
 
 
@@ -400,6 +410,9 @@ async def stdio_transport(
                     continue
                 if isinstance(parsed.message, types.JSONRPCRequest):
                     pending.add(parsed.message.id)
+                elif _cancels(parsed.message):
+                    # A cancelled request is never answered: do not wait for it at EOF.
+                    pending.discard(_cancelled_id(parsed.message))
                 await read_send.send(parsed)
             if pending:
                 with anyio.move_on_after(EOF_GRACE):

@@ -353,6 +353,13 @@ class Scrubber:
             self._field_probes = Scrubber(kept, known=self.known, _lenient=True)
         return self._field_probes
 
+    def extended(self, *extra: str) -> Scrubber:
+        """The same scrubber with more secrets (a ``confirm_token`` an answer carried, say)."""
+        extra_secrets = [e for e in extra if e and e not in self._secrets]
+        if not extra_secrets:
+            return self
+        return Scrubber([*self._secrets, *extra_secrets], known=self.known, strict_fields=self.strict)
+
     def __repr__(self) -> str:
         return "Scrubber(...)"
 

@@ -47,7 +47,7 @@ _SIMPLE_ESC: Final = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
 # A mask (a run of mask characters, an ellipsis) and the visible parts either side of it.
 _MASK: Final = re.compile(r"[*•●·#x]{3,}|\.{2,}|…|\[redacted\]|<redacted>")
 _HEAD: Final = re.compile(r"([0-9a-z_-]+)[\s:=]*$")
-_TAIL: Final = re.compile(r"[\s:=]*([0-9a-z]+)")
+_TAIL: Final = re.compile(r"[\s:=_-]*([0-9a-z]+)")
 # Separators a gentle normal form removes: whitespace, dashes, zero-width and other format chars.
 _GENTLE_DROP: Final = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad")
 _SPACES: Final = re.compile(r"[\s\u200b-\u200d\u2060\ufeff\u00ad]+")
@@ -121,25 +121,31 @@ def _hex_runs(alnum: str) -> list[str]:
     return out
 
 
+def _b64_spans(n: int) -> list[tuple[int, int, int]]:
+    """For an ``n``-byte secret after ``k`` bytes of anything (k = 0, 1, 2: every alignment), the
+    base64 characters whose six bits all come from the secret: (k, first, end)."""
+    return [(k, -(-8 * k // 6), 8 * (k + n) // 6) for k in (0, 1, 2)]
+
+
 def _b64_middles(secret: bytes) -> list[str]:
     """Base64 of ``secret`` at each of the three byte alignments it can have inside a longer
     plaintext (``user:secret`` in a Basic header, say), cut to the characters that depend on the
     secret alone (padding and neighbours excluded), in both alphabets."""
     out: list[str] = []
-    for k, skip in ((0, 0), (1, 2), (2, 3)):
-        enc = base64.b64encode(b"\0" * k + secret).decode()
-        middle = enc[skip : 4 * ((k + len(secret)) // 3)]
-        if len(middle) >= 4:
-            out += [middle, middle.replace("+", "-").replace("/", "_")]
+    for k, first, end in _b64_spans(len(secret)):
+        if end - first < 4:
+            continue
+        middle = base64.b64encode(b"\0" * k + secret + b"\0\0").decode()[first:end]
+        out += [middle, middle.replace("+", "-").replace("/", "_")]
     return out
 
 
-def _b64_min_len(n: int) -> int:
-    """Length of the shortest piece :func:`_b64_middles` yields for an ``n``-byte secret."""
+def _b64_min_len(n: int, whole: bool) -> int:
+    """Length of the shortest base64 piece looked for, for an ``n``-byte secret."""
     if n >= 2 * FRAGMENT:
         return _B64_FRAGMENT
-    lengths = [4 * ((k + n) // 3) - skip for k, skip in ((0, 0), (1, 2), (2, 3))]
-    return min((m for m in lengths if m >= 4), default=0)
+    n = n if whole else _fragment_len(n)
+    return min((end - first for _, first, end in _b64_spans(n) if end - first >= 4), default=0)
 
 
 class _Pieces:
@@ -208,7 +214,7 @@ class _Probes:
 
     def __init__(self, secrets: list[tuple[str, bool]]) -> None:
         plain = [s for s, _ in secrets]
-        self.secrets = plain
+        self.secrets = secrets
         self.variants = sorted({v for s in plain for v in _variants(s)}, key=len, reverse=True)
         # Raw FRAGMENT-long pieces of long secrets (catches pieces that are mostly punctuation).
         self.raw = _group((FRAGMENT, s) for s in plain if len(s) >= 2 * FRAGMENT)
@@ -236,17 +242,20 @@ class _Probes:
         self.norms = frozenset(norms)
         self._b64: tuple[_Pieces, ...] | None = None
         # The shortest base64 piece looked for: shorter runs need not wake the base64 check.
-        self.b64_min = min((_b64_min_len(len(s.encode())) for s in plain), default=0)
+        self.b64_min = min((_b64_min_len(len(s.encode()), whole) for s, whole in secrets), default=0)
 
     def b64(self) -> tuple[_Pieces, ...]:
         if self._b64 is None:  # only once some text had a run that may be base64
             pairs: list[tuple[int, str]] = []
-            for s in self.secrets:
+            for s, whole in self.secrets:
                 raw = s.encode()
-                for middle in _b64_middles(raw):
-                    pairs.append(
-                        (len(middle) if len(raw) < 2 * FRAGMENT else min(len(middle), _B64_FRAGMENT), middle)
-                    )
+                if len(raw) >= 2 * FRAGMENT:
+                    pairs += [(min(len(m), _B64_FRAGMENT), m) for m in _b64_middles(raw)]
+                    continue
+                # A short secret: its own base64 and, unless only whole counts, its pieces'.
+                size = len(raw) if whole else _fragment_len(len(raw))
+                for i in range(len(raw) - size + 1):
+                    pairs += [(len(m), m) for m in _b64_middles(raw[i : i + size])]
             self._b64 = _group(pairs)
         return self._b64
 

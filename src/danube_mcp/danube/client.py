@@ -467,6 +467,9 @@ class DanubeClient:
         if status == 409 and (confirm_tokens or raw_code == "confirmation_required"):
             expires_in = _find_number(data, "expires_in")
             minutes = math.ceil(expires_in / 60) if expires_in else CONFIRM_MINUTES_DEFAULT
+            # No upstream text here at all: it is about the pending action and may quote its token
+            # in forms that cannot be recognised when the body does not name the token itself.
+            kw["upstream_message"] = None
             raise ConfirmationRequired(
                 "Danube requires confirmation for this action (HTTP 409, confirmation required): the "
                 "API key was created to need the user's explicit approval. Nothing was stored yet. "

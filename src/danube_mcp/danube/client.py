@@ -77,9 +77,7 @@ BACKOFF_CAP: Final = 8.0
 USER_AGENT: Final = f"danube-mcp/{__version__}"
 INGESTION_DISABLED: Final = "central_credential_ingestion_disabled"
 # Error codes of Danube's contract: the only upstream text kept after a secure-input store.
-KNOWN_CODES: Final = frozenset(
-    {INGESTION_DISABLED, "payment_required", "confirmation_required", "rate_limited", "plan_limit_reached"}
-)
+KNOWN_CODES: Final = frozenset({INGESTION_DISABLED, "payment_required", "confirmation_required"})
 STORED_AS: Final = frozenset({"value", "reference"})
 CREDENTIAL_TYPES: Final = frozenset({"bearer", "api_key"})
 CONFIRM_MINUTES_DEFAULT: Final = 5

@@ -28,12 +28,14 @@ from danube_mcp.danube.client import (
     MAX_RESPONSE_BYTES,
     RETRY_AFTER_CAP,
     AuthenticationFailed,
+    ConfirmationRequired,
     ConnectionFailed,
     DanubeClient,
     DanubeError,
     MalformedResponse,
     MissingApiKey,
     NotFound,
+    PaymentRequired,
     PermissionDenied,
     RateLimited,
     ServerError,
@@ -1195,6 +1197,8 @@ async def test_many_calls_through_one_client() -> None:
         (MalformedResponse, "malformed_response", False),
         (StoreRefused, "refused", False),
         (MissingApiKey, "missing_api_key", False),
+        (PaymentRequired, "payment_required", False),
+        (ConfirmationRequired, "confirmation_required", False),
     ],
 )
 def test_error_classes(cls: type[DanubeError], kind: str, retryable: bool) -> None:

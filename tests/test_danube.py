@@ -1,4 +1,4 @@
-"""Unit tests for the Danube REST client (``danube_mcp.danube.client``), driven through ``httpx2.MockTransport``.
+"""Unit tests for the Danube REST client (``danube_mcp.danube.client``), through ``httpx2.MockTransport``.
 
 The client's ``_sleep`` is replaced with a recorder (no real waiting) and ``_random`` with a fixed
 value, so retry delays are exact. Only the call-budget tests use real time, against the budget.
@@ -43,8 +43,8 @@ from danube_mcp.danube.client import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from danube_mcp.tool.schema import StoreRequest, StoreResult
 from danube_mcp.danube.redact import MAX_MESSAGE_CHARS, REDACTED, scrub
+from danube_mcp.tool.schema import StoreRequest, StoreResult
 
 BASE = "https://danube.test"
 KEY = "sk-CANARY-KEY-7f3a9c2e41b8d6057a1c3e9f"  # 40 characters

@@ -50,7 +50,9 @@ _HEAD: Final = re.compile(r"([0-9a-z_-]+)[\s:=]*$")
 _TAIL: Final = re.compile(r"[\s:=_-]*([0-9a-z]+)")
 # Separators a gentle normal form removes: whitespace, dashes, zero-width and other format chars.
 _GENTLE_DROP: Final = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad")
-_SPACES: Final = re.compile(r"[\s\u200b-\u200d\u2060\ufeff\u00ad]+")
+# Removed before looking for base64: format characters (whitespace is kept, so words stay apart;
+# base64 wrapped across lines is still caught, as each line holds whole pieces of a long secret).
+_ZERO_WIDTH: Final = re.compile(r"[\u200b-\u200d\u2060\ufeff\u00ad]+")
 _NON_ALNUM: Final = re.compile(r"[\W_]+")
 
 
@@ -276,7 +278,7 @@ class _Probes:
                 return True
         if _HEX_RUN.search(alnum) and any(self.hit(c) for c in _hex_runs(alnum)):
             return True
-        compact = _SPACES.sub("", decoded)
+        compact = _ZERO_WIDTH.sub("", decoded)
         if (
             self.b64_min
             and any(len(r) >= self.b64_min for r in _B64_RUN.findall(compact))

@@ -1,4 +1,4 @@
-"""Unit tests for the Danube REST client (``danube_mcp.danube.client``), driven through ``httpx2.MockTransport``.
+"""Unit tests for the Danube REST client (``danube_mcp.danube.client``), through ``httpx2.MockTransport``.
 
 The client's ``_sleep`` is replaced with a recorder (no real waiting) and ``_random`` with a fixed
 value, so retry delays are exact. Only the call-budget tests use real time, against the budget.
@@ -28,12 +28,14 @@ from danube_mcp.danube.client import (
     MAX_RESPONSE_BYTES,
     RETRY_AFTER_CAP,
     AuthenticationFailed,
+    ConfirmationRequired,
     ConnectionFailed,
     DanubeClient,
     DanubeError,
     MalformedResponse,
     MissingApiKey,
     NotFound,
+    PaymentRequired,
     PermissionDenied,
     RateLimited,
     ServerError,
@@ -41,8 +43,8 @@ from danube_mcp.danube.client import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from danube_mcp.tool.schema import StoreRequest, StoreResult
 from danube_mcp.danube.redact import MAX_MESSAGE_CHARS, REDACTED, scrub
+from danube_mcp.tool.schema import StoreRequest, StoreResult
 
 BASE = "https://danube.test"
 KEY = "sk-CANARY-KEY-7f3a9c2e41b8d6057a1c3e9f"  # 40 characters
@@ -1195,6 +1197,8 @@ async def test_many_calls_through_one_client() -> None:
         (MalformedResponse, "malformed_response", False),
         (StoreRefused, "refused", False),
         (MissingApiKey, "missing_api_key", False),
+        (PaymentRequired, "payment_required", False),
+        (ConfirmationRequired, "confirmation_required", False),
     ],
 )
 def test_error_classes(cls: type[DanubeError], kind: str, retryable: bool) -> None:

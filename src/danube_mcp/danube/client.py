@@ -26,11 +26,13 @@ from danube_mcp import __version__
 from danube_mcp.danube.errors import (
     RETRY_STATUSES,
     AuthenticationFailed,
+    ConfirmationRequired,
     ConnectionFailed,
     DanubeError,
     MalformedResponse,
     MissingApiKey,
     NotFound,
+    PaymentRequired,
     PermissionDenied,
     RateLimited,
     RetryableServerError,
@@ -39,7 +41,7 @@ from danube_mcp.danube.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from danube_mcp.danube.redact import Scrubber, clean_message, key_tail
+from danube_mcp.danube.redact import REDACTED, Scrubber, clean_message, key_tail
 from danube_mcp.danube.tls import TrustRoots
 from danube_mcp.tool.schema import StoreRequest, StoreResult
 
@@ -51,12 +53,14 @@ if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
 
 __all__ = [
     "AuthenticationFailed",
+    "ConfirmationRequired",
     "ConnectionFailed",
     "DanubeClient",
     "DanubeError",
     "MalformedResponse",
     "MissingApiKey",
     "NotFound",
+    "PaymentRequired",
     "PermissionDenied",
     "RateLimited",
     "ServerError",
@@ -71,6 +75,12 @@ RETRY_AFTER_CAP: Final = 10.0
 BACKOFF_BASE: Final = 0.5
 BACKOFF_CAP: Final = 8.0
 USER_AGENT: Final = f"danube-mcp/{__version__}"
+INGESTION_DISABLED: Final = "central_credential_ingestion_disabled"
+# Error codes of Danube's contract: the only upstream text kept after a secure-input store.
+KNOWN_CODES: Final = frozenset({INGESTION_DISABLED, "payment_required", "confirmation_required"})
+STORED_AS: Final = frozenset({"value", "reference"})
+CREDENTIAL_TYPES: Final = frozenset({"bearer", "api_key"})
+CONFIRM_MINUTES_DEFAULT: Final = 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,6 +169,39 @@ def _parse_retry_after(value: str | None) -> float | None:
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
+
+
+def _find_strings(data: Any, name: str, depth: int = 3) -> list[str]:
+    """Every string value under key ``name`` in nested objects, ``depth`` levels down at most."""
+    out: list[str] = []
+    if depth <= 0 or not isinstance(data, dict):
+        return out
+    for k, v in data.items():
+        if k == name and isinstance(v, str) and v:
+            out.append(v)
+        elif isinstance(v, dict):
+            out += _find_strings(v, name, depth - 1)
+    return out
+
+
+def _find_number(data: Any, name: str, depth: int = 3) -> float | None:
+    if depth <= 0 or not isinstance(data, dict):
+        return None
+    v = data.get(name)
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+        return float(v)
+    for sub in data.values():
+        if isinstance(sub, dict) and (found := _find_number(sub, name, depth - 1)) is not None:
+            return found
+    return None
+
+
+def _free_text(text: str | None, secrets: Scrubber, limit: int | None = None) -> str | None:
+    """Upstream free text as one clean line, or None: always None after a secure-input store."""
+    if secrets.strict or not isinstance(text, str) or not text.strip():
+        return None
+    line = clean_message(text, secrets)
+    return line[:limit] if limit else line
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,8 +297,10 @@ class DanubeClient:
     ) -> StoreResult:
         """Store one credential. ``api_key`` overrides the client's own key (per-caller keys).
 
-        ``strict_fields``: scrub a successful answer's fields for the value however short it is (for
-        values the model never saw, entered on a secure-input page)."""
+        ``strict_fields``: for values the model never saw (entered on a secure-input page): no
+        upstream free text at all reaches the result or an error, only fixed fields (the request's
+        service_id and credential_type, a service_name that passes the full check) and messages
+        written here."""
         key = api_key if api_key is not None else self._api_key
         if not key:
             raise MissingApiKey("No Danube API key is configured.")
@@ -277,7 +322,9 @@ class DanubeClient:
             attempt += 1
             remaining = deadline - time.monotonic()
             try:
-                return await self._attempt(body, headers, secrets, min(self.timeout, remaining), attempt)
+                return await self._attempt(
+                    body, headers, request, secrets, min(self.timeout, remaining), attempt
+                )
             except DanubeError as exc:
                 exc.attempts = attempt
                 if not exc.retryable or attempt > self.max_retries:
@@ -300,6 +347,7 @@ class DanubeClient:
         self,
         body: bytes,
         headers: list[tuple[bytes, bytes]],
+        store: StoreRequest,
         secrets: Scrubber,
         limit: float,
         attempt: int,
@@ -328,7 +376,7 @@ class DanubeClient:
             ) from None
         except httpx2.HTTPError:
             raise ConnectionFailed(self._connection_message("the HTTP exchange failed")) from None
-        return self._interpret(response, raw, too_big, secrets)
+        return self._interpret(response, raw, too_big, store, secrets)
 
     @staticmethod
     async def _read_capped(response: httpx2.Response) -> tuple[bytes, bool]:
@@ -344,7 +392,7 @@ class DanubeClient:
     # ----------------------------------------------------------------------------------------
 
     def _interpret(
-        self, response: httpx2.Response, raw: bytes, too_big: bool, secrets: Scrubber
+        self, response: httpx2.Response, raw: bytes, too_big: bool, store: StoreRequest, secrets: Scrubber
     ) -> StoreResult:
         status = response.status_code
         if 200 <= status < 300:
@@ -354,21 +402,27 @@ class DanubeClient:
                     "and was not read. " + _UNKNOWN_OUTCOME,
                     status=status,
                 )
-            return self._success(status, _parse_json(raw), secrets)
+            return self._success(status, _parse_json(raw), store, secrets)
         data = None if too_big else _parse_json(raw)
-        message, code, details = _error_fields(data)
-        clean = clean_message(message, secrets) if message else None
-        reason = clean_message(response.reason_phrase, secrets)[:80] if response.reason_phrase else ""
-        said = f": {clean}" if clean else f" ({reason or 'no reason given'})"
-        code = clean_message(code, secrets)[:80] if code else None
+        raw_message, raw_code, details = _error_fields(data)
+        confirm_tokens = _find_strings(data, "confirm_token") if status == 409 else []
+        if confirm_tokens:
+            # A credential for the pending action: scrubbed from anything shown, never kept.
+            secrets = secrets.extended(*confirm_tokens)
+        clean = _free_text(raw_message, secrets)
+        reason = _free_text(response.reason_phrase, secrets, 80) or ""
+        said = f": {clean}" if clean else f" ({reason or 'no reason given'})" if not secrets.strict else ""
+        if raw_code in KNOWN_CODES:
+            code: str | None = raw_code
+        else:
+            code = _free_text(raw_code, secrets, 80)
+            code = None if code == REDACTED else code
         kw: dict[str, Any] = {"status": status, "code": code, "upstream_message": clean}
 
         if status in (400, 422):
-            if details.get("error") == "central_credential_ingestion_disabled" or (
-                code == "central_credential_ingestion_disabled"
-            ):
-                hint = details.get("hint")
-                hint_text = f" {clean_message(hint, secrets)}" if isinstance(hint, str) else ""
+            if INGESTION_DISABLED in (details.get("error"), raw_code):
+                hint = _free_text(details.get("hint"), secrets)
+                hint_text = f" {hint}" if hint else ""
                 raise ValidationFailed(
                     "This Danube deployment does not accept plaintext credentials "
                     f"(HTTP {status}).{hint_text}"
@@ -388,6 +442,13 @@ class DanubeClient:
                 "send) and restart the server. Do not retry until the key is fixed.",
                 **kw,
             )
+        if status == 402:
+            raise PaymentRequired(
+                f"Danube refused the store: payment required (HTTP 402){said}. The Danube account "
+                "cannot pay for this action. Nothing was stored; do not retry. Ask the user to check "
+                "billing in the Danube dashboard, then try again once it is sorted out.",
+                **kw,
+            )
         if status == 403:
             raise PermissionDenied(
                 f"Danube refused this action for the API key (HTTP 403){said}. The key is not allowed "
@@ -401,6 +462,21 @@ class DanubeClient:
                 "id in the Danube dashboard or service catalog and try again with it.",
                 **kw,
             )
+        if status == 409 and (confirm_tokens or raw_code == "confirmation_required"):
+            expires_in = _find_number(data, "expires_in")
+            minutes = math.ceil(expires_in / 60) if expires_in else CONFIRM_MINUTES_DEFAULT
+            # No upstream text here at all: it is about the pending action and may quote its token
+            # in forms that cannot be recognised when the body does not name the token itself.
+            kw["upstream_message"] = None
+            raise ConfirmationRequired(
+                "Danube requires confirmation for this action (HTTP 409, confirmation required): the "
+                "API key was created to need the user's explicit approval. Nothing was stored yet. "
+                f"Tell the user to confirm the pending credential store in Danube within about {minutes} "
+                f"minute{'s' if minutes != 1 else ''}. Do not retry on your own: call the tool again "
+                "only after the user says they have confirmed.",
+                expires_in=expires_in,
+                **kw,
+            )
         if status == 429:
             upgrade = None
             if isinstance(data, dict):
@@ -410,10 +486,11 @@ class DanubeClient:
                 upgrade = upgrade or details.get("upgrade_url")
             retry_after = _parse_retry_after(response.headers.get("retry-after"))
             if upgrade:
-                url = clean_message(str(upgrade), secrets)
+                url = _free_text(str(upgrade), secrets)
+                where = f"at {url}" if url and url != REDACTED else "in the Danube dashboard"
                 raise RateLimited(
                     f"Danube's plan limit has been reached (HTTP 429){said}. Do not retry; the user "
-                    f"can upgrade the plan at {url}.",
+                    f"can upgrade the plan {where}.",
                     plan_cap=True,
                     retry_after=retry_after,
                     **kw,
@@ -443,47 +520,70 @@ class DanubeClient:
             )
         raise DanubeError(f"Danube rejected the request (HTTP {status}){said}.", **kw)
 
-    def _success(self, status: int, data: Any, secrets: Scrubber) -> StoreResult:
+    def _success(self, status: int, data: Any, store: StoreRequest, secrets: Scrubber) -> StoreResult:
         if not isinstance(data, dict):
             raise MalformedResponse(
                 f"Danube's answer (HTTP {status}) was not a JSON object. " + _UNKNOWN_OUTCOME, status=status
             )
         if data.get("success") is not True:
-            message, code, _ = _error_fields(data)
-            reason = clean_message(message, secrets) if message else None
+            message, raw_code, _ = _error_fields(data)
+            reason = _free_text(message, secrets)
+            code = raw_code if raw_code in KNOWN_CODES else _free_text(raw_code, secrets, 80)
             if data.get("success") is False:
                 said = f": {reason}" if reason else ""
                 raise StoreRefused(
                     f"Danube refused to store the credential{said}. Nothing was stored; fix the "
                     "problem it names before trying again.",
                     status=status,
-                    code=code,
+                    code=None if code == REDACTED else code,
                     upstream_message=reason,
                 )
             raise MalformedResponse(
                 f"Danube's answer (HTTP {status}) had no valid 'success' field. " + _UNKNOWN_OUTCOME,
                 status=status,
             )
-        fields: dict[str, str] = {}
         for name in ("service_id", "service_name", "credential_type"):
-            value = data.get(name)
-            if not isinstance(value, str):
+            if not isinstance(data.get(name), str):
                 raise MalformedResponse(
                     f"Danube's answer (HTTP {status}) lacked a valid '{name}' field. " + _UNKNOWN_OUTCOME,
                     status=status,
                 )
-            fields[name] = value if value in secrets.known else clean_message(value, secrets.for_fields())
+        fields = secrets.for_fields()
+        service_id: str = data["service_id"]
+        credential_type: str = data["credential_type"]
+        if secrets.strict or service_id not in secrets.known:
+            # After a secure-input store only what the request said; otherwise a changed id is
+            # kept if it is clean (Danube may answer with its canonical id).
+            service_id = store.service_id if secrets.strict else clean_message(service_id, fields)
+        if secrets.strict or (
+            credential_type not in secrets.known and credential_type not in CREDENTIAL_TYPES
+        ):
+            credential_type = (
+                store.credential_type if secrets.strict else clean_message(credential_type, fields)
+            )
+        # The name is the one upstream text kept even in strict mode, and only if it is clean.
+        service_name = clean_message(data["service_name"], fields)
         stored_as = data.get("stored_as")
         notice = data.get("notice")
         deprecated = data.get("deprecated")
         return StoreResult(
-            service_id=fields["service_id"],
-            service_name=fields["service_name"],
-            credential_type=fields["credential_type"],
-            stored_as=clean_message(stored_as, secrets.for_fields()) if isinstance(stored_as, str) else None,
-            notice=clean_message(notice, secrets) if isinstance(notice, str) and notice.strip() else None,
+            service_id=service_id,
+            service_name=service_name,
+            credential_type=credential_type,
+            stored_as=stored_as if isinstance(stored_as, str) and stored_as in STORED_AS else None,
+            notice=self._notice(notice, deprecated is True, secrets),
             deprecated=deprecated if isinstance(deprecated, bool) else None,
         )
+
+    @staticmethod
+    def _notice(notice: Any, deprecated: bool, secrets: Scrubber) -> str | None:
+        """Danube's notice (the plaintext deprecation, say), if it can be passed on safely."""
+        if secrets.strict or not isinstance(notice, str) or not notice.strip():
+            return None  # the result's ``deprecated`` flag still says it, in our words
+        text = clean_message(notice, secrets)
+        if text != REDACTED:
+            return text
+        return _DEPRECATION_NOTICE if deprecated else None
 
     def _timeout_message(self) -> str:
         return (
@@ -497,6 +597,11 @@ class DanubeClient:
             "retrying later is safe."
         )
 
+
+_DEPRECATION_NOTICE = (
+    "Danube deprecates storing plaintext credentials (its own notice was withheld because it quoted "
+    "part of a secret). Prefer a 'vault://<mount>/<path>#<field>' or 'env://<NAME>' reference."
+)
 
 _UNKNOWN_OUTCOME = (
     "The credential may or may not have been stored; retrying is safe because a store replaces "

@@ -52,6 +52,24 @@ class NotFound(DanubeError):
     kind = "not_found"
 
 
+class PaymentRequired(DanubeError):
+    """402: the account cannot pay for the action. Retrying does not help; billing does."""
+
+    kind = "payment_required"
+
+
+class ConfirmationRequired(DanubeError):
+    """409 ``confirmation_required``: the API key was created with ``require_confirmation`` and the
+    user has to confirm the action in Danube. Never retried. The ``confirm_token`` Danube sends is
+    not kept: it is a credential for the pending action, not text for the model."""
+
+    kind = "confirmation_required"
+
+    def __init__(self, message: str, *, expires_in: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.expires_in = expires_in
+
+
 class RateLimited(DanubeError):
     kind = "rate_limited"
     retryable = True

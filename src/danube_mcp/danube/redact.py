@@ -1,21 +1,64 @@
 """Scrubbing text that came back from Danube: no secret of the call may leave the client in it.
 
 An upstream can echo its input: in an error message, a ``detail`` list, a reason phrase, even a
-service name. Every occurrence of the API key or the credential value (raw or JSON-escaped) is
-replaced by a marker, and text that still holds a fragment of one is dropped whole.
+service name, and not always verbatim: JSON- or URL-escaped, as HTML entities, in base64 (alone or
+inside a ``Basic`` Authorization header), in hex, in another case, spaced out, interleaved with
+zero-width characters, masked (``sk-...abcd``) or cut short. Two passes:
+
+1. every verbatim occurrence (raw, JSON-escaped, URL-encoded) is replaced by a marker, keeping the
+   rest of the text readable;
+2. what is left is *normalised once* (entities, JSON and percent escapes decoded, NFKC, casefolded,
+   everything but letters and digits removed; hex runs decoded alongside) and checked with
+   substring look-ups against pieces of each secret computed once per call; base64 is matched
+   against the secret's own base64 at its three byte alignments, without decoding anything. Any
+   hit, or a masked form that shows a secret's first or last characters, drops the text whole.
+
+Pieces are ``FRAGMENT`` letters and digits of a long secret, or about 60 % (at least 4) of a short
+one. Each lookup first tries a few half-length blocks with ``in`` (C speed), so a text that holds
+nothing costs tens of microseconds (``bench/scrub_cost.py``).
+
+When in doubt the text is dropped: a neutral marker is cheaper than a leaked key.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
-from collections.abc import Iterable
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
 from typing import Final
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 REDACTED: Final = "[REDACTED]"
 MAX_MESSAGE_CHARS: Final = 300
 # A run of this many characters of a secret of at least twice that length counts as a leak.
 FRAGMENT: Final = 8
+# Shortest piece of a short secret (fewer than 2 * FRAGMENT letters and digits) that counts.
+MIN_FRAGMENT: Final = 4
+# Secrets with fewer letters and digits than this are checked on a gentler normal form (below).
+MIN_ALNUM: Final = 4
+
+# Runs that may be base64 (standard or URL-safe alphabet, padding optional) or hex.
+_B64_RUN: Final = re.compile(r"[A-Za-z0-9+/_-]{6,}")
+# FRAGMENT bytes at any alignment fix at least this many base64 characters.
+_B64_FRAGMENT: Final = (FRAGMENT * 4) // 3 - 1
+_HEX_RUN: Final = re.compile(r"[0-9a-f]{8,}")
+# JSON / Python style escapes an upstream may leave in text.
+_BACKSLASH_ESC: Final = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([nrtbf]))")
+_SIMPLE_ESC: Final = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+# A mask (a run of mask characters, an ellipsis) and the visible parts either side of it.
+_MASK: Final = re.compile(r"[*•●·#x]{3,}|\.{2,}|…|\[redacted\]|<redacted>")
+_HEAD: Final = re.compile(r"([0-9a-z_-]+)[\s:=]*$")
+_TAIL: Final = re.compile(r"[\s:=_-]*([0-9a-z]+)")
+# Separators a gentle normal form removes: whitespace, dashes, zero-width and other format chars.
+_GENTLE_DROP: Final = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad")
+# Removed before looking for base64: format characters (whitespace is kept, so words stay apart;
+# base64 wrapped across lines is still caught, as each line holds whole pieces of a long secret).
+_ZERO_WIDTH: Final = re.compile(r"[\u200b-\u200d\u2060\ufeff\u00ad]+")
+_NON_ALNUM: Final = re.compile(r"[\W_]+")
 
 
 def contains_fragment(text: str, secret: str) -> bool:
@@ -30,8 +73,134 @@ def key_tail(key: str | None) -> str | None:
     return key[-4:] if key and len(key) >= 16 else None
 
 
+# --------------------------------------------------------------------------------------------
+# Normal forms
+
+
+def _decode_layers(text: str) -> str:
+    """HTML entities, backslash escapes and percent-encoding decoded, a few rounds (they nest)."""
+    for _ in range(3):
+        before = text
+        if "&" in text:
+            text = html.unescape(text)
+        if "\\" in text:
+            text = _BACKSLASH_ESC.sub(_unescape_one, text)
+        if "%" in text:
+            text = unquote(text, errors="replace")
+        if text == before:
+            break
+    return text
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    hex4, hex2, simple = m.groups()
+    if simple:
+        return _SIMPLE_ESC[simple]
+    return chr(int(hex4 or hex2, 16))
+
+
+def alnum_form(text: str) -> str:
+    """NFKC, casefolded, letters and digits only: spacing, dashes, zero-width characters, quotes
+    and escapes all vanish, so every spelling of a secret meets every other in one string."""
+    return _NON_ALNUM.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+
+def _gentle_form(text: str) -> str:
+    """NFKC, casefolded, without whitespace, dashes and format characters (punctuation kept): for
+    secrets made mostly of punctuation, which the letters-and-digits form would erase."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(
+        ch
+        for ch in folded
+        if not (ch.isspace() or ch in _GENTLE_DROP or unicodedata.category(ch) in ("Pd", "Cf", "Cc"))
+    )
+
+
+def _hex_runs(alnum: str) -> list[str]:
+    """Text hidden in hex runs (either nibble alignment), as letters-and-digits forms."""
+    out: list[str] = []
+    for m in _HEX_RUN.finditer(alnum):
+        run = m.group()
+        for off in (0, 1):
+            part = run[off:]
+            part = part[: len(part) - len(part) % 2]
+            out.append(alnum_form(bytes.fromhex(part).decode("utf-8", "replace")))
+    return out
+
+
+def _b64_spans(n: int) -> list[tuple[int, int, int]]:
+    """For an ``n``-byte secret after ``k`` bytes of anything (k = 0, 1, 2: every alignment), the
+    base64 characters whose six bits all come from the secret: (k, first, end)."""
+    return [(k, -(-8 * k // 6), 8 * (k + n) // 6) for k in (0, 1, 2)]
+
+
+def _b64_middles(secret: bytes) -> list[str]:
+    """Base64 of ``secret`` at each of the three byte alignments it can have inside a longer
+    plaintext (``user:secret`` in a Basic header, say), cut to the characters that depend on the
+    secret alone (padding and neighbours excluded), in both alphabets."""
+    out: list[str] = []
+    for k, first, end in _b64_spans(len(secret)):
+        if end - first < 4:
+            continue
+        middle = base64.b64encode(b"\0" * k + secret + b"\0\0").decode()[first:end]
+        out += [middle, middle.replace("+", "-").replace("/", "_")]
+    return out
+
+
+def _b64_min_len(n: int, whole: bool) -> int:
+    """Length of the shortest base64 piece looked for, for an ``n``-byte secret."""
+    if n >= 2 * FRAGMENT:
+        return _B64_FRAGMENT
+    n = n if whole else _fragment_len(n)
+    return min((end - first for _, first, end in _b64_spans(n) if end - first >= 4), default=0)
+
+
+class _Pieces:
+    """All ``size``-long substrings of some source strings, looked for in a text.
+
+    Any such substring contains one of the source's blocks of ``(size + 1) // 2`` characters
+    starting at a multiple of that length, so a few C-level ``in`` checks rule out almost every
+    text; the sliding comparison (and the set it needs) only runs after a block matched."""
+
+    __slots__ = ("_grams", "blocks", "size", "sources")
+
+    def __init__(self, size: int, sources: Iterable[str]) -> None:
+        self.size = size
+        self.sources = tuple(sources)
+        b = (size + 1) // 2
+        self.blocks = frozenset(src[i : i + b] for src in self.sources for i in range(0, len(src) - b + 1, b))
+        self._grams: frozenset[str] | None = None
+
+    def found_in(self, text: str) -> bool:
+        if not any(map(text.__contains__, self.blocks)):
+            return False
+        if self._grams is None:
+            self._grams = frozenset(g for src in self.sources for g in _windows(src, self.size))
+        return not self._grams.isdisjoint(_windows(text, self.size))
+
+
+def _group(pairs: Iterable[tuple[int, str]]) -> tuple[_Pieces, ...]:
+    by_size: dict[int, list[str]] = {}
+    for size, src in pairs:
+        by_size.setdefault(size, []).append(src)
+    return tuple(_Pieces(size, srcs) for size, srcs in by_size.items())
+
+
+def _windows(text: str, size: int) -> Iterator[str]:
+    """Every ``size``-long slice of ``text``, iterated in C (no Python frame per slice)."""
+    n = len(text) - size + 1
+    return map(text.__getitem__, map(slice, range(n), range(size, n + size)))
+
+
+def _fragment_len(n: int) -> int:
+    """How long a piece of a secret (of ``n`` letters and digits) must be to count as a leak."""
+    if n >= 2 * FRAGMENT:
+        return FRAGMENT
+    return min(n, FRAGMENT, max(MIN_FRAGMENT, math.ceil(0.6 * n)))
+
+
 def _variants(secret: str) -> set[str]:
-    """The forms in which an upstream might echo a secret back: raw, JSON-escaped, URL-encoded."""
+    """The verbatim forms replaced by the marker: raw, JSON-escaped, URL-encoded."""
     out = {
         secret,
         json.dumps(secret)[1:-1],
@@ -42,16 +211,115 @@ def _variants(secret: str) -> set[str]:
     return {v for v in out if v}
 
 
+class _Probes:
+    """What one set of secrets looks like after normalisation, computed once.
+
+    ``secrets`` pairs each secret with ``whole``: when true, a secret shorter than ``2 * FRAGMENT``
+    letters and digits counts only whole, not in pieces (see :meth:`Scrubber.for_fields`)."""
+
+    __slots__ = ("_b64", "alnum", "b64_min", "gentle", "hexes", "norms", "raw", "secrets", "variants")
+
+    def __init__(self, secrets: list[tuple[str, bool]]) -> None:
+        plain = [s for s, _ in secrets]
+        self.secrets = secrets
+        self.variants = sorted({v for s in plain for v in _variants(s)}, key=len, reverse=True)
+        # Raw FRAGMENT-long pieces of long secrets (catches pieces that are mostly punctuation).
+        self.raw = _group((FRAGMENT, s) for s in plain if len(s) >= 2 * FRAGMENT)
+        alnum: list[tuple[int, str]] = []
+        gentle: set[str] = set()
+        hexes: set[str] = set()
+        norms: set[str] = set()
+        for s, whole in secrets:
+            norm = alnum_form(s)
+            if len(norm) < MIN_ALNUM or len(norm) * 2 < len(s.strip()):
+                g = _gentle_form(s)
+                if g:
+                    gentle.add(g)
+            if len(norm) < MIN_ALNUM:
+                continue
+            alnum.append(
+                (len(norm) if whole and len(norm) < 2 * FRAGMENT else _fragment_len(len(norm)), norm)
+            )
+            hexes.add(s.encode().hex())
+            if len(norm) >= 8:
+                norms.add(norm)
+        self.alnum = _group(alnum)
+        self.gentle = frozenset(gentle)
+        self.hexes = frozenset(hexes)
+        self.norms = frozenset(norms)
+        self._b64: tuple[_Pieces, ...] | None = None
+        # The shortest base64 piece looked for: shorter runs need not wake the base64 check.
+        self.b64_min = min((_b64_min_len(len(s.encode()), whole) for s, whole in secrets), default=0)
+
+    def b64(self) -> tuple[_Pieces, ...]:
+        if self._b64 is None:  # only once some text had a run that may be base64
+            pairs: list[tuple[int, str]] = []
+            for s, whole in self.secrets:
+                raw = s.encode()
+                if len(raw) >= 2 * FRAGMENT:
+                    pairs += [(min(len(m), _B64_FRAGMENT), m) for m in _b64_middles(raw)]
+                    continue
+                # A short secret: its own base64 and, unless only whole counts, its pieces'.
+                size = len(raw) if whole else _fragment_len(len(raw))
+                for i in range(len(raw) - size + 1):
+                    pairs += [(len(m), m) for m in _b64_middles(raw[i : i + size])]
+            self._b64 = _group(pairs)
+        return self._b64
+
+    def hit(self, candidate: str) -> bool:
+        return any(p.found_in(candidate) for p in self.alnum)
+
+    def leaks(self, text: str) -> bool:
+        """Whether ``text`` (already stripped of verbatim forms) still holds a recoverable form."""
+        if any(p.found_in(text) for p in self.raw):
+            return True
+        decoded = _decode_layers(text)
+        alnum = alnum_form(decoded)
+        if self.hit(alnum) or any(h in alnum for h in self.hexes):
+            return True
+        if self.gentle:
+            gentle = _gentle_form(decoded)
+            if any(g in gentle for g in self.gentle):
+                return True
+        if _HEX_RUN.search(alnum) and any(self.hit(c) for c in _hex_runs(alnum)):
+            return True
+        compact = _ZERO_WIDTH.sub("", decoded)
+        if (
+            self.b64_min
+            and any(len(r) >= self.b64_min for r in _B64_RUN.findall(compact))
+            and any(p.found_in(compact) for p in self.b64())
+        ):
+            return True
+        return bool(self.norms) and self._masked(decoded)
+
+    def _masked(self, decoded: str) -> bool:
+        """A masked form (``sk-...abcd``, ``****abcd``) that shows a secret's first or last chars."""
+        folded = decoded.casefold()
+        for m in _MASK.finditer(folded):
+            before = _HEAD.search(folded, max(0, m.start() - 64), m.start())
+            head = alnum_form(before.group(1)) if before else ""
+            if len(head) >= 4 and any(n.startswith(head) for n in self.norms):
+                return True
+            after = _TAIL.match(folded, m.end())
+            tail = after.group(1) if after else ""
+            if len(tail) >= 3 and any(n.endswith(tail) for n in self.norms):
+                return True
+        return False
+
+
 class Scrubber:
     """Removes a call's secrets from text that came from the upstream.
 
-    Every occurrence (raw or JSON-escaped) becomes a fixed marker. If a fragment of a secret is
-    still present after that (an upstream that echoes a truncated value, say), the text is dropped
-    altogether rather than risk passing part of a secret on. One per call; what it needs is
-    computed on first use, once.
+    Every verbatim occurrence becomes a fixed marker; if any recoverable form of a secret is left
+    after that (encoded, spaced out, masked, a fragment), the whole text becomes the marker. One
+    per call; what it needs is computed on first use, once.
+
+    ``strict_fields``: the value was typed on a secure-input page and the model never saw it. The
+    client then passes on no upstream free text at all (see :attr:`strict`), and the fields of a
+    successful answer get the full check however short the value is.
     """
 
-    __slots__ = ("_grams", "_lenient", "_secrets", "_variants", "known")
+    __slots__ = ("_field_probes", "_lenient", "_probes", "_secrets", "known", "strict")
 
     def __init__(
         self,
@@ -64,42 +332,49 @@ class Scrubber:
         self._secrets = [s for s in secrets if s]
         # Values the caller sent itself (service id, type): an answer that echoes them is fine.
         self.known = frozenset(known)
-        self._variants: list[str] | None = None
-        self._grams: frozenset[str] | None = None
-        # strict_fields: the fields of a successful answer get the full scrub too.
-        self._lenient: Scrubber | bool = self if strict_fields else _lenient
+        self.strict = strict_fields
+        self._lenient = _lenient
+        self._probes: _Probes | None = None
+        self._field_probes: Scrubber | None = None
 
-    def _prepare(self) -> tuple[list[str], frozenset[str]]:
-        secrets = self._secrets
-        if self._lenient is True:
-            secrets = [s for s in secrets if len(s) >= FRAGMENT]
-        self._variants = sorted({v for s in secrets for v in _variants(s)}, key=len, reverse=True)
-        # Every FRAGMENT-long piece of each long-enough secret: contains_fragment, precomputed.
-        self._grams = frozenset(
-            s[i : i + FRAGMENT]
-            for s in secrets
-            if len(s) >= 2 * FRAGMENT
-            for i in range(len(s) - FRAGMENT + 1)
-        )
-        return self._variants, self._grams
+    def _prepare(self) -> _Probes:
+        # Lenient (fields of a success the model asked for): short values whole, not in pieces.
+        # The first secret is the API key (see DanubeClient.store_credential): never lenient.
+        lenient = self._lenient
+        self._probes = _Probes([(s, lenient and i > 0) for i, s in enumerate(self._secrets)])
+        return self._probes
 
-    def __call__(self, text: str) -> str:
-        variants, grams = (self._variants, self._grams) if self._variants is not None else self._prepare()
-        assert grams is not None
-        for variant in variants:
+    def safe(self, text: str) -> str | None:
+        """``text`` with verbatim secrets replaced by the marker, or None if anything is left."""
+        probes = self._probes or self._prepare()
+        for variant in probes.variants:
             if variant in text:
                 text = text.replace(variant, REDACTED)
-        if grams and any(text[i : i + FRAGMENT] in grams for i in range(len(text) - FRAGMENT + 1)):
-            return REDACTED
-        return text
+        return None if probes.leaks(text) else text
+
+    def __call__(self, text: str) -> str:
+        out = self.safe(text)
+        return REDACTED if out is None else out
 
     def for_fields(self) -> Scrubber:
-        """For the fields of a successful answer (a service name, say): only secrets of at least
-        FRAGMENT characters are looked for, so a short credential that happens to occur in a
-        service's name does not mangle it. Error texts always get the full scrub."""
-        if not isinstance(self._lenient, Scrubber):
-            self._lenient = Scrubber(self._secrets, known=self.known, _lenient=True)
-        return self._lenient
+        """For the fields of a successful answer (a service name, say). The key is always checked
+        fully. Unless strict, a credential value shorter than ``FRAGMENT`` is not looked for (the
+        model supplied it; a service name that happens to contain it is left alone) and one shorter
+        than ``2 * FRAGMENT`` only whole. Error texts always get the full check."""
+        if self.strict or all(len(v) >= 2 * FRAGMENT for v in self._secrets[1:]):
+            return self  # nothing short enough to be treated differently
+        if self._field_probes is None:
+            # The first secret is the API key (see DanubeClient.store_credential): always checked.
+            kept = [s for i, s in enumerate(self._secrets) if i == 0 or len(s) >= FRAGMENT]
+            self._field_probes = Scrubber(kept, known=self.known, _lenient=True)
+        return self._field_probes
+
+    def extended(self, *extra: str) -> Scrubber:
+        """The same scrubber with more secrets (a ``confirm_token`` an answer carried, say)."""
+        extra_secrets = [e for e in extra if e and e not in self._secrets]
+        if not extra_secrets:
+            return self
+        return Scrubber([*self._secrets, *extra_secrets], known=self.known, strict_fields=self.strict)
 
     def __repr__(self) -> str:
         return "Scrubber(...)"
@@ -111,14 +386,24 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
 
 
 def clean_message(text: str, scrubber: Scrubber) -> str:
-    """One bounded, printable line with no secret in it."""
+    """One bounded, printable line with no secret in it (the marker alone if it was unsafe)."""
+    return clean_or_none(text, scrubber) or REDACTED
+
+
+def clean_or_none(text: str, scrubber: Scrubber) -> str | None:
+    """One bounded, printable line with no secret in it, or None if the text had to be dropped."""
     # Scrub before reshaping: collapsing whitespace could otherwise break an exact match.
-    raw = scrubber(str(text))
+    raw = scrubber.safe(str(text))
+    if raw is None:
+        return None
     line = " ".join(raw.split())  # one line: no newlines or control runs
     if not line.isprintable():
         line = "".join(ch if ch.isprintable() else "?" for ch in line)
     if line != raw:
-        line = scrubber(line)
+        line2 = scrubber.safe(line)
+        if line2 is None:
+            return None
+        line = line2
     if len(line) > MAX_MESSAGE_CHARS:
         line = line[: MAX_MESSAGE_CHARS - 3] + "..."
     return line

@@ -1,10 +1,16 @@
-"""``danube-sandbox``: serve the sandbox API with uvicorn. Writes only to stderr, never to stdout."""
+"""``danube-sandbox``: serve the sandbox API with uvicorn.
+
+Only ``--help`` and ``--version`` write to stdout; everything else goes to stderr. Every flag has a
+``DANUBE_SANDBOX_*`` environment variable (a flag wins over its variable). Start-up failures are one
+line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -13,69 +19,281 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 
 from danube_mcp import __version__
+from danube_mcp.config import ConfigError, is_loopback_host, is_placeholder, parse_bool
 from danube_mcp.sandbox.app import create_app
 from danube_mcp.sandbox.catalog import CatalogError, build_catalog, load_services_file
 from danube_mcp.sandbox.constants import DEFAULT_HOST, DEFAULT_PORT, DEMO_API_KEY, KEY_ENV_VAR
+from danube_mcp.sandbox.device import DEFAULT_INTERVAL, DEFAULT_TTL, DeviceFlow
 from danube_mcp.sandbox.errors import SandboxError
+from danube_mcp.sandbox.files import ensure_private_folder, os_cause, read_private_text
 from danube_mcp.sandbox.store import MEMORY, open_store
+from danube_mcp.transports.http_options import Allowlist
 
 PROG = "danube-sandbox"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-EXIT_USAGE = 2
-EXIT_STARTUP_FAILURE = 1
+EXIT_STARTUP_FAILURE = 2
+EXIT_USAGE = EXIT_STARTUP_FAILURE
+
+ENV_HOST = "DANUBE_SANDBOX_HOST"
+ENV_PORT = "DANUBE_SANDBOX_PORT"
+ENV_DB = "DANUBE_SANDBOX_DB"
+ENV_API_KEYS = "DANUBE_SANDBOX_API_KEYS"
+ENV_API_KEYS_FILE = "DANUBE_SANDBOX_API_KEYS_FILE"
+ENV_SERVICES = "DANUBE_SANDBOX_SERVICES"
+ENV_LOG_LEVEL = "DANUBE_SANDBOX_LOG_LEVEL"
+ENV_ALLOWED_HOSTS = "DANUBE_SANDBOX_ALLOWED_HOSTS"
+ENV_ALLOWED_ORIGINS = "DANUBE_SANDBOX_ALLOWED_ORIGINS"
+ENV_ALLOW_PUBLIC_BIND = "DANUBE_SANDBOX_ALLOW_PUBLIC_BIND"
+ENV_DEVICE_TTL = "DANUBE_SANDBOX_DEVICE_CODE_TTL"
+ENV_DEVICE_INTERVAL = "DANUBE_SANDBOX_DEVICE_POLL_INTERVAL"
+
+MAX_DEVICE_TTL = 86400
+MAX_DEVICE_INTERVAL = 600
 
 log = logging.getLogger("danube_mcp.sandbox")
+
+
+class StartupError(Exception):
+    """A start-up problem: printed as one line ``danube-sandbox: error: ...``, exit status 2."""
 
 
 def default_db_path(*, create_folder: bool = False) -> Path:
     """``$XDG_DATA_HOME/danube-mcp/sandbox.db``, else ``~/.local/share/danube-mcp/sandbox.db``.
 
-    ``create_folder`` makes the folder (mode 0700) when it is missing, as on a fresh machine; an
-    explicit ``--db`` path is never created, so a typo fails loudly instead."""
+    ``create_folder`` makes the folder (and missing parents) with mode 0700 when missing, as on a fresh
+    machine; a problem is left for :func:`open_store` to report with its real cause."""
     xdg = os.environ.get("XDG_DATA_HOME", "")
     base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
     path = base / "danube-mcp" / "sandbox.db"
     if create_folder:
-        with contextlib.suppress(OSError):  # open_store reports an unusable location clearly
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(SandboxError):
+            ensure_private_folder(path.parent)
     return path
 
 
-class _StderrParser(argparse.ArgumentParser):
-    """argparse prints help and version to stdout; this one never touches stdout."""
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become one line, and never echo a value (a mistyped ``--api-kee=SECRET``)."""
 
-    def _print_message(self, message: str, file: Any = None) -> None:
-        super()._print_message(message, sys.stderr)
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            names = [
+                token.split("=", 1)[0] for token in message[len(prefix) :].split() if token.startswith("-")
+            ]
+            message = (
+                f"unrecognized option(s): {' '.join(names)}" if names else "unexpected extra argument(s)"
+            )
+        raise StartupError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _StderrParser(
+    parser = _Parser(
         prog=PROG,
+        allow_abbrev=False,
         description="A local Danube-compatible credentials API for tests and demos. Values are encrypted"
-        f" at rest with AES-256-GCM; the key comes from {KEY_ENV_VAR} or the file <db>.key.",
+        f" at rest with AES-256-GCM; the key comes from {KEY_ENV_VAR} or the private file <db>.key."
+        " Every option can also be set by the environment variable named in its help; a flag wins.",
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: %(default)s)")
-    parser.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help="port; 0 picks a free one (%(default)s)"
-    )
-    parser.add_argument("--db", help=f"SQLite database, or {MEMORY} (default: {default_db_path()})")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--host", help=f"interface to bind (default: {DEFAULT_HOST}; env {ENV_HOST})")
+    add("--port", help=f"port, 0 picks a free one (default: {DEFAULT_PORT}; env {ENV_PORT})")
+    add("--db", help=f"SQLite database, or {MEMORY} (default: {default_db_path()}; env {ENV_DB})")
+    add(
         "--api-key",
         action="append",
         default=[],
         metavar="KEY",
-        help=f"an API key to accept (repeatable; default: the demo key {DEMO_API_KEY})",
+        help="an API key to accept, repeatable. Visible in the process list: prefer"
+        f" {ENV_API_KEYS} (comma-separated) or --api-keys-file. Without any key the public demo key"
+        f" {DEMO_API_KEY} is accepted",
     )
-    parser.add_argument("--services", metavar="FILE.json", help="add or replace catalog entries")
-    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add(
+        "--api-keys-file",
+        metavar="FILE",
+        help="file of API keys to accept, one per line (# comments); must be yours and mode 0600"
+        f" (env {ENV_API_KEYS_FILE})",
+    )
+    add("--services", metavar="FILE.json", help=f"add or replace catalog entries (env {ENV_SERVICES})")
+    add("--log-level", type=str.lower, choices=LOG_LEVELS, help=f"default: info (env {ENV_LOG_LEVEL})")
+    add(
+        "--allowed-host",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a Host header to accept besides loopback names, repeatable; HOST:* for any port"
+        f" (env {ENV_ALLOWED_HOSTS}, comma-separated)",
+    )
+    add(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="a browser Origin to accept besides loopback ones, repeatable"
+        f" (env {ENV_ALLOWED_ORIGINS}, comma-separated)",
+    )
+    add(
+        "--allow-public-bind",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host; also needs your own keys (not the demo key) and"
+        f" --allowed-host (env {ENV_ALLOW_PUBLIC_BIND}=1)",
+    )
+    add(
+        "--device-code-ttl",
+        metavar="SECONDS",
+        help=f"lifetime of device-flow codes (default: {DEFAULT_TTL}; env {ENV_DEVICE_TTL})",
+    )
+    add(
+        "--device-poll-interval",
+        metavar="SECONDS",
+        help=f"minimum seconds between device-flow polls (default: {DEFAULT_INTERVAL};"
+        f" env {ENV_DEVICE_INTERVAL})",
+    )
+    add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+@dataclass
+class Options:
+    host: str
+    port: int
+    db: str | None
+    api_keys: list[str] = field(repr=False)
+    keys_on_command_line: bool
+    services: str | None
+    log_level: str
+    allowed_hosts: tuple[str, ...]
+    allowed_origins: tuple[str, ...]
+    allow_public_bind: bool
+    device_ttl: int
+    device_interval: int
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value is not None and value.strip() else None
+
+
+def _int_in_range(text: str, source: str, low: int, high: int) -> int:
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdigit()) or not low <= int(stripped) <= high:
+        raise StartupError(f"{source} must be an integer between {low} and {high}")
+    return int(stripped)
+
+
+def _pick_int(flag: str | None, flag_name: str, env: str, default: int, low: int, high: int) -> int:
+    if flag is not None:
+        return _int_in_range(flag, flag_name, low, high)
+    raw = _env(env)
+    return default if raw is None else _int_in_range(raw, env, low, high)
+
+
+def _list(flag: list[str] | None, env: str) -> tuple[str, ...]:
+    items = flag if flag else (_env(env) or "").split(",")
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _check_key(key: str, source: str) -> str:
+    key = key.strip()
+    if not key:
+        raise StartupError(f"{source} must not be empty")
+    if is_placeholder(key):
+        raise StartupError(f"{source} holds an unsubstituted placeholder such as ${{...}}, not a key")
+    if not key.isprintable() or not key.isascii():
+        raise StartupError(f"{source} must hold printable ASCII keys (they travel in an HTTP header)")
+    return key
+
+
+def _api_keys(args: argparse.Namespace) -> list[str]:
+    keys = [_check_key(key, "--api-key") for key in args.api_key]
+    raw = os.environ.get(ENV_API_KEYS)
+    if raw is not None and raw.strip():
+        items = [item for item in raw.split(",") if item.strip()]
+        keys += [_check_key(item, ENV_API_KEYS) for item in items]
+    path = args.api_keys_file or _env(ENV_API_KEYS_FILE)
+    if path:
+        source = "--api-keys-file" if args.api_keys_file else ENV_API_KEYS_FILE
+        try:
+            text = read_private_text(path, "API-keys file", max_bytes=1 << 20)
+        except SandboxError as exc:
+            raise StartupError(f"{source}: {exc}") from None
+        lines = [line.strip() for line in text.splitlines()]
+        from_file = [
+            _check_key(line, f"{source} {path}") for line in lines if line and not line.startswith("#")
+        ]
+        if not from_file:
+            raise StartupError(f"{source} {path} holds no key")
+        keys += from_file
+    return list(dict.fromkeys(keys)) or [DEMO_API_KEY]
+
+
+def resolve_options(args: argparse.Namespace) -> Options:
+    """Flags first, then ``DANUBE_SANDBOX_*`` variables; refuses unsafe exposures. No file is created."""
+    try:
+        allow_public = (
+            args.allow_public_bind
+            if args.allow_public_bind is not None
+            else parse_bool(os.environ.get(ENV_ALLOW_PUBLIC_BIND), ENV_ALLOW_PUBLIC_BIND)
+        )
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    log_level = args.log_level or (_env(ENV_LOG_LEVEL) or "info").strip().lower()
+    if log_level not in LOG_LEVELS:
+        raise StartupError(f"{ENV_LOG_LEVEL} must be one of: {', '.join(LOG_LEVELS)}")
+    options = Options(
+        host=(args.host if args.host is not None else _env(ENV_HOST) or DEFAULT_HOST).strip(),
+        port=_pick_int(args.port, "--port", ENV_PORT, DEFAULT_PORT, 0, 65535),
+        db=args.db if args.db is not None else _env(ENV_DB),
+        api_keys=_api_keys(args),
+        keys_on_command_line=bool(args.api_key),
+        services=args.services or _env(ENV_SERVICES),
+        log_level=log_level,
+        allowed_hosts=_list(args.allowed_host, ENV_ALLOWED_HOSTS),
+        allowed_origins=_list(args.allowed_origin, ENV_ALLOWED_ORIGINS),
+        allow_public_bind=allow_public,
+        device_ttl=_pick_int(
+            args.device_code_ttl, "--device-code-ttl", ENV_DEVICE_TTL, DEFAULT_TTL, 1, MAX_DEVICE_TTL
+        ),
+        device_interval=_pick_int(
+            args.device_poll_interval,
+            "--device-poll-interval",
+            ENV_DEVICE_INTERVAL,
+            DEFAULT_INTERVAL,
+            0,
+            MAX_DEVICE_INTERVAL,
+        ),
+    )
+    if not options.host:
+        raise StartupError("--host must not be empty")
+    _check_exposure(options)
+    return options
+
+
+def _check_exposure(options: Options) -> None:
+    """A non-loopback bind needs an explicit yes, keys of one's own and the host names clients use."""
+    if is_loopback_host(options.host):
+        return
+    where = f"refusing to bind {options.host} (not a loopback address)"
+    if not options.allow_public_bind:
+        raise StartupError(
+            f"{where}: the sandbox is a test server; to expose it anyway pass --allow-public-bind"
+            f" ({ENV_ALLOW_PUBLIC_BIND}=1) with your own keys and --allowed-host"
+        )
+    if DEMO_API_KEY in options.api_keys:
+        raise StartupError(
+            f"{where} with the public demo key enabled: give your own keys with {ENV_API_KEYS} or"
+            " --api-keys-file"
+        )
+    if not options.allowed_hosts:
+        raise StartupError(
+            f"{where} without --allowed-host ({ENV_ALLOWED_HOSTS}): name the host names clients use,"
+            " so DNS-rebinding protection can stay on"
+        )
 
 
 class _RedactKeys(logging.Filter):
@@ -111,11 +329,40 @@ def _logging_to_stderr(level: str, api_keys: Sequence[str]) -> Iterator[None]:
         root.setLevel(previous_level)
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("must be between 0 and 65535")
-    return port
+def _disable_core_dumps() -> None:
+    """A core dump would hold the encryption key and the accepted API keys."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so a busy port is one clear line rather than a traceback."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise StartupError(f"cannot bind --host {host}: the name does not resolve") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {port} on {host} is already in use: stop what uses it, or pick another with --port"
+                f" ({ENV_PORT}); 0 picks a free one"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"cannot bind {host}: no such address on this machine") from None
+        if exc.errno == errno.EACCES:
+            raise StartupError(f"cannot bind port {port} on {host}: permission denied") from None
+        raise StartupError(f"cannot bind port {port} on {host}: {os_cause(exc)}") from None
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -123,7 +370,7 @@ class _Server(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, host: str) -> None:
         super().__init__(config)
-        self._display_host = f"[{host}]" if ":" in host else host
+        self._display_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -151,54 +398,70 @@ def _signals_to(server: _Server) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_STARTUP_FAILURE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors: already reported on stderr
+        options = resolve_options(args)
+    except SystemExit as exc:  # --help and --version (on stdout)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    api_keys: list[str] = args.api_key or [DEMO_API_KEY]
-    if any(not key.strip() for key in api_keys):
-        parser.print_usage()
-        print(f"{PROG}: error: --api-key must not be empty", file=sys.stderr)
-        return EXIT_USAGE
-    with _logging_to_stderr(args.log_level, api_keys):
-        return _run(args, api_keys)
-
-
-def _run(args: argparse.Namespace, api_keys: list[str]) -> int:
-    try:
-        services = build_catalog(load_services_file(args.services) if args.services else ())
-        if args.db is None:
-            db_path = default_db_path()
-            db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        else:
-            db_path = args.db
-        store = open_store(db_path)
-    except (CatalogError, SandboxError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-
-    try:
-        app = create_app(store, api_keys=api_keys, services=services)
-        config = uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_config=None,
-            log_level=args.log_level,
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            timeout_graceful_shutdown=2,
+    except StartupError as exc:
+        return _fail(str(exc))
+    if options.keys_on_command_line:
+        print(
+            f"{PROG}: warning: --api-key is visible to other local users in the process list;"
+            f" prefer {ENV_API_KEYS} or --api-keys-file",
+            file=sys.stderr,
+            flush=True,
         )
-        server = _Server(config, args.host)
-        log.info("sandbox database: %s", db_path)
-        with _signals_to(server):
-            try:
-                asyncio.run(server.serve())
-            except SystemExit:  # uvicorn exits like this when it cannot bind; it logged why
-                return EXIT_STARTUP_FAILURE
+    _disable_core_dumps()
+    with _logging_to_stderr(options.log_level, options.api_keys):
+        return _run(options)
+
+
+def _run(options: Options) -> int:
+    try:
+        services = build_catalog(load_services_file(options.services) if options.services else ())
+        db_path = options.db if options.db is not None else str(default_db_path())
+        sock = bind_socket(options.host, options.port)
+    except (CatalogError, StartupError) as exc:
+        return _fail(str(exc))
+    try:
+        try:
+            store = open_store(db_path)
+        except SandboxError as exc:
+            return _fail(str(exc))
+        try:
+            app = create_app(
+                store,
+                api_keys=options.api_keys,
+                services=services,
+                allowlist=Allowlist.build(options.allowed_hosts, options.allowed_origins),
+                device_flow=DeviceFlow(ttl=options.device_ttl, interval=options.device_interval),
+            )
+            config = uvicorn.Config(
+                app,
+                log_config=None,
+                log_level=options.log_level,
+                access_log=False,
+                lifespan="off",
+                ws="none",
+                timeout_graceful_shutdown=2,
+            )
+            server = _Server(config, options.host)
+            log.info("sandbox database: %s", db_path)
+            with _signals_to(server):
+                try:
+                    asyncio.run(server.serve(sockets=[sock]))
+                except SystemExit:  # uvicorn exits like this when it cannot start; it logged why
+                    return EXIT_STARTUP_FAILURE
+        finally:
+            store.close()
     finally:
-        store.close()
+        sock.close()
     return 0

@@ -5,7 +5,8 @@ id, credential type, stored_as, fingerprint, updated_at, version): editing any o
 ciphertext to another row, makes the row fail to decrypt. API-key rows carry an HMAC over all their
 columns. Schema-1 databases (whose associated data covered only owner, service, type and stored_as)
 are upgraded when opened: each row that verifies under the old rule is re-encrypted under the new one;
-a row that does not verify is left as it is and so keeps failing.
+a row that does not verify is left as it is and so keeps failing. Rows that already verify under schema 2
+are kept, so setting the version marker back launders nothing and breaks nothing.
 """
 
 from __future__ import annotations
@@ -164,6 +165,13 @@ def upgrade_from_v1(conn: sqlite3.Connection, aead: AESGCM, db_path: str) -> Non
     rows = conn.execute(SELECT_ALL_CREDENTIALS).fetchall()
     upgraded = failed = 0
     for owner, service_id, ctype, stored_as, nonce, ciphertext, fingerprint, updated_at, version in rows:
+        aad = credential_aad(owner, service_id, ctype, stored_as, fingerprint, updated_at, version)
+        try:
+            aead.decrypt(bytes(nonce), bytes(ciphertext), aad)
+        except (InvalidTag, TypeError, ValueError):
+            pass
+        else:
+            continue  # already a schema-2 row (the version marker was set back): keep it as it is
         try:
             value = aead.decrypt(
                 bytes(nonce), bytes(ciphertext), credential_aad_v1(owner, service_id, ctype, stored_as)
@@ -172,7 +180,6 @@ def upgrade_from_v1(conn: sqlite3.Connection, aead: AESGCM, db_path: str) -> Non
             failed += 1
             continue
         new_nonce = os.urandom(NONCE_BYTES)
-        aad = credential_aad(owner, service_id, ctype, stored_as, fingerprint, updated_at, version)
         conn.execute(
             "UPDATE credentials SET nonce = ?, ciphertext = ? WHERE owner = ? AND service_id = ?",
             (new_nonce, aead.encrypt(new_nonce, value, aad), owner, service_id),

@@ -152,6 +152,18 @@ def test_folder_writable_by_others_is_refused(tmp_path: Path) -> None:
     assert list(shared.iterdir()) == []
 
 
+@needs_root
+def test_folder_writable_by_a_foreign_group_is_refused_own_group_is_not(tmp_path: Path) -> None:
+    folder = tmp_path / "grp"
+    folder.mkdir()
+    folder.chmod(0o770)
+    os.chown(folder, -1, NOBODY)  # group write for someone else's group: they could plant files
+    assert_refused(run_sandbox(folder / "sb.db"), str(folder), "writable by other users")
+    os.chown(folder, -1, os.getegid())  # user private group (umask 002): tolerated
+    with open_store(folder / "sb.db") as store:
+        assert store.integrity_failures == 0
+
+
 # -- folder problems name the real cause ----------------------------------------------------------
 
 

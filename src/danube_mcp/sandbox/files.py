@@ -155,7 +155,9 @@ def _check_folder(folder: Path, st: os.stat_result) -> None:
             f"sandbox folder {folder} belongs to another user (uid {st.st_uid}); keep the sandbox"
             " database in a folder of your own"
         )
-    if st.st_mode & 0o022:
+    # Group write is tolerated for one's own primary group (user private groups, umask 002, as on
+    # Debian/Ubuntu), never for another group and never for others (a sticky /tmp included).
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != os.getegid()):
         raise SandboxFileError(
             f"sandbox folder {folder} is writable by other users (mode {_mode_text(st.st_mode)}), who could"
             " plant the database's -wal, -shm or key file there; keep the database in a private folder"
@@ -177,8 +179,8 @@ def ensure_private_folder(folder: Path) -> None:
     """Make sure the folder that holds the database exists and only we can add files to it.
 
     Missing folders (and missing parents) are created with mode exactly 0700. An existing folder must
-    belong to us (or root) and must not be writable by group or others, since SQLite opens the
-    database's ``-wal``/``-shm`` files by name in that folder.
+    belong to us (or root) and must not be writable by others (nor by a group other than our own
+    primary group), since SQLite opens the database's ``-wal``/``-shm`` files by name in that folder.
     """
     missing: list[Path] = []
     current = folder

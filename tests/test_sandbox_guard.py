@@ -74,15 +74,19 @@ async def test_foreign_host_gets_421_and_stores_nothing(tmp_path: Path) -> None:
             for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
                 assert (await c.get("/health", headers={"host": host})).status_code == 200, host
         assert await sandbox_stats(sandbox.url) == {"store_requests": 0, "stored": 0}
-        # Non-ASCII digits in the port, a missing Host and two Host headers are refused too.
+        # Non-ASCII digits in the port and a missing Host get 421; two Host headers are refused by the
+        # HTTP parser already (400), and by the guard if a parser ever let them through.
         fullwidth = "127.0.0.1:８７６５".encode()
-        for request in (
-            b"GET /health HTTP/1.1\r\nHost: " + fullwidth + b"\r\nConnection: close\r\n\r\n",
-            b"GET /health HTTP/1.0\r\n\r\n",
-            b"GET /health HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        for request, allowed in (
+            (b"GET /health HTTP/1.1\r\nHost: " + fullwidth + b"\r\nConnection: close\r\n\r\n", {b"421"}),
+            (b"GET /health HTTP/1.0\r\n\r\n", {b"421"}),
+            (
+                b"GET /health HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+                {b"400", b"421"},
+            ),
         ):
             status_line = raw_request(sandbox.url, request).split(b"\r\n", 1)[0]
-            assert status_line.split()[1] in (b"421", b"400"), (request, status_line)
+            assert status_line.split()[1] in allowed, (request, status_line)
 
 
 async def test_foreign_origin_gets_403(tmp_path: Path) -> None:
@@ -236,3 +240,45 @@ def test_core_dumps_are_disabled(tmp_path: Path) -> None:
         limits = Path(f"/proc/{sandbox.proc.pid}/limits").read_text()
     [core] = [line for line in limits.splitlines() if line.startswith("Max core file size")]
     assert core.split()[4:6] == ["0", "0"], core
+
+
+async def test_guard_refuses_two_host_or_origin_headers_in_process() -> None:
+    """The branch the HTTP parser normally pre-empts: two Host (or Origin) headers are never accepted."""
+    from danube_mcp.sandbox import create_app, open_store
+    from danube_mcp.transports.http_options import Allowlist
+
+    async with open_store(":memory:") as store:
+        app = create_app(store, api_keys=[DEMO_API_KEY], allowlist=Allowlist.build((), ()))
+
+        async def status(headers: list[tuple[bytes, bytes]]) -> int:
+            sent: list[dict[str, object]] = []
+
+            async def receive() -> dict[str, object]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, object]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": "/health",
+                "raw_path": b"/health",
+                "query_string": b"",
+                "headers": headers,
+                "scheme": "http",
+                "server": ("127.0.0.1", 80),
+                "http_version": "1.1",
+                "root_path": "",
+            }
+            await app(scope, receive, send)
+            code = sent[0]["status"]
+            assert isinstance(code, int)
+            return code
+
+        local = (b"host", b"localhost")
+        origin = (b"origin", b"http://localhost")
+        assert await status([local]) == 200
+        assert await status([local, local]) == 421
+        assert await status([local, origin]) == 200
+        assert await status([local, origin, origin]) == 403

@@ -6,7 +6,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -251,12 +253,12 @@ async def test_guard_refuses_two_host_or_origin_headers_in_process() -> None:
         app = create_app(store, api_keys=[DEMO_API_KEY], allowlist=Allowlist.build((), ()))
 
         async def status(headers: list[tuple[bytes, bytes]]) -> int:
-            sent: list[dict[str, object]] = []
+            sent: list[MutableMapping[str, Any]] = []
 
-            async def receive() -> dict[str, object]:
+            async def receive() -> MutableMapping[str, Any]:
                 return {"type": "http.request", "body": b"", "more_body": False}
 
-            async def send(message: dict[str, object]) -> None:
+            async def send(message: MutableMapping[str, Any]) -> None:
                 sent.append(message)
 
             scope = {

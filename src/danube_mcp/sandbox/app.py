@@ -6,9 +6,6 @@ detail ever contains the submitted credential value or API key.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import json
 import logging
 from collections.abc import Collection, Mapping
@@ -33,6 +30,7 @@ from danube_mcp.sandbox.constants import (
     MAX_SERVICE_ID_CHARS,
 )
 from danube_mcp.sandbox.device import MAX_CLIENT_NAME_CHARS, DeviceError, DeviceFlow
+from danube_mcp.sandbox.device_page import DEVICE_PAGE_CSP, render_device_page
 from danube_mcp.sandbox.guard import HostOriginGuard
 from danube_mcp.sandbox.store import CredentialStore, key_prefix
 from danube_mcp.transports.http_options import Allowlist
@@ -381,11 +379,9 @@ class _SandboxApi:
         return await self._decide(request, approve=False)
 
     async def device_page(self, request: Request) -> Response:
-        user_code = request.query_params.get("user_code", "")
-        shown = html.escape(user_code[:20]) if user_code.replace("-", "").isalnum() else ""
         return HTMLResponse(
-            _DEVICE_PAGE.replace("{user_code}", shown),
-            headers={"content-security-policy": _DEVICE_PAGE_CSP, "x-frame-options": "DENY"},
+            render_device_page(request.query_params.get("user_code", "")),
+            headers={"content-security-policy": DEVICE_PAGE_CSP, "x-frame-options": "DENY"},
         )
 
     async def list_services(self, request: Request) -> Response:
@@ -447,31 +443,3 @@ def create_app(
     app.state.stats = api.stats
     app.state.device_flow = api.device_flow
     return app
-
-
-_DEVICE_PAGE_CSP = (
-    "default-src 'none'; script-src 'sha256-{hash}'; connect-src 'self'; style-src 'unsafe-inline'"
-)
-_DEVICE_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Danube sandbox: approve a device</title>
-<style>body{font-family:sans-serif;max-width:36em;margin:3em auto}input{font-size:1.2em}</style></head>
-<body><h1>Approve a device (Danube sandbox)</h1>
-<p>A program asked for a sandbox API key. Approve it only if you started it and the code matches.</p>
-<form id="f"><p><label>Code <input id="c" value="{user_code}" autocomplete="off"></label></p>
-<p><label>Your sandbox API key <input id="k" type="password" autocomplete="off"></label></p>
-<p><button>Approve</button></p></form><p id="r" role="status"></p>
-<p>Or from a terminal: <code>curl -X POST -H 'danube-api-key: YOUR_KEY' -H 'content-type: application/json'
--d '{"user_code": "CODE"}' THIS_SERVER/v1/_device/approve</code></p>
-<script>SCRIPT</script></body></html>"""
-_DEVICE_SCRIPT = (
-    "document.getElementById('f').onsubmit=async e=>{e.preventDefault();"
-    "const r=await fetch('/v1/_device/approve',{method:'POST',headers:{'content-type':'application/json',"
-    "'danube-api-key':document.getElementById('k').value},"
-    "body:JSON.stringify({user_code:document.getElementById('c').value})});"
-    "const j=await r.json();document.getElementById('r').textContent="
-    "r.ok?'Approved: you can close this page.':(j.error&&j.error.message)||'failed';};"
-)
-_DEVICE_PAGE = _DEVICE_PAGE.replace("SCRIPT", _DEVICE_SCRIPT)
-_DEVICE_PAGE_CSP = _DEVICE_PAGE_CSP.replace(
-    "{hash}", base64.b64encode(hashlib.sha256(_DEVICE_SCRIPT.encode()).digest()).decode()
-)

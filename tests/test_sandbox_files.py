@@ -318,3 +318,18 @@ def test_forced_downgrade_marker_does_not_launder_edited_rows(made_db: Path) -> 
         with pytest.raises(SandboxIntegrityError):
             store.reveal_for_tests(DEMO_API_KEY, OPENAI)
         assert store.reveal_for_tests(DEMO_API_KEY, GITHUB) == "env://GITHUB_TOKEN"
+
+
+@pytest.mark.parametrize("column", ["account", "name", "prefix", "created_at", "id"])
+def test_edited_api_key_row_is_not_accepted(made_db: Path, column: str) -> None:
+    with open_store(made_db) as store:
+        owner = store.owner_id(DEMO_API_KEY)
+        issued, info = store.issue_api_key_sync(owner, "laptop")
+        assert store.account_for_key_sync(issued) == owner
+        assert [key.id for key in store.list_api_keys_sync(owner)] == [info.id]
+    with closing(sqlite3.connect(made_db)) as raw, raw:
+        raw.execute(f"UPDATE api_keys SET {column} = {column} || 'x'")  # noqa: S608 - fixed column names
+    with open_store(made_db) as store:
+        assert store.account_for_key_sync(issued) is None
+        assert store.list_api_keys_sync(owner) == []
+        assert store.list_api_keys_sync(owner + "x") == []

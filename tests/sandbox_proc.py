@@ -25,7 +25,8 @@ DEMO_KEY = "sandbox-demo-key"
 
 def sandbox_env(env: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """The child's environment: ours, plus ``env`` (a None value removes a variable), src on PYTHONPATH."""
-    merged = dict(os.environ)
+    # Only what the test asks for: no DANUBE_SANDBOX_* setting leaks in from the developer's shell.
+    merged = {name: value for name, value in os.environ.items() if not name.startswith("DANUBE_SANDBOX_")}
     for name, value in (env or {}).items():
         if value is None:
             merged.pop(name, None)
@@ -133,9 +134,17 @@ def start_sandbox(
     env: Mapping[str, str | None] | None = None,
     db_path: Path | None = None,
     startup_timeout: float = 30.0,
+    keys_via: str = "env",
 ) -> Iterator[SandboxProcess]:
-    """Start ``python -m danube_mcp.sandbox --port 0 --db <tmp>/sb.db ...`` and wait until it listens."""
+    """Start ``python -m danube_mcp.sandbox --port 0 --db <tmp>/sb.db ...`` and wait until it listens.
+
+    The API keys go in ``DANUBE_SANDBOX_API_KEYS`` (``keys_via="env"``) or as ``--api-key`` flags
+    (``keys_via="argv"``, which makes the sandbox print a process-list warning)."""
     db = db_path if db_path is not None else tmp_path / "sb.db"
+    env = dict(env or {})
+    if keys_via == "env" and api_keys:
+        env.setdefault("DANUBE_SANDBOX_API_KEYS", ",".join(api_keys))
+        api_keys = ()
     fd, stderr_name = tempfile.mkstemp(dir=tmp_path, prefix="sandbox-", suffix=".stderr")
     os.close(fd)
     stdout_path = Path(stderr_name).with_suffix(".stdout")

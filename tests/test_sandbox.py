@@ -18,13 +18,13 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from cryptography.exceptions import InvalidTag
 
 from danube_mcp.sandbox import (
     DEMO_API_KEY,
     KEY_ENV_VAR,
     OAUTH_ONLY_SERVICE_ID,
     CredentialStore,
+    SandboxIntegrityError,
     SandboxKeyError,
     create_app,
     open_store,
@@ -469,7 +469,8 @@ async def test_rows_cannot_be_swapped(store: CredentialStore, db_path: Path) -> 
         )
     with open_store(db_path) as reopened:
         assert reopened.reveal_for_tests(DEMO_API_KEY, "svc_github_001") == "value-for-github"
-        with pytest.raises(InvalidTag):
+        assert reopened.integrity_failures == 1
+        with pytest.raises(SandboxIntegrityError):
             reopened.reveal_for_tests(DEMO_API_KEY, OPENAI)
 
 
@@ -521,6 +522,7 @@ def test_wrong_or_missing_key_file_is_refused(db_path: Path, monkeypatch: pytest
     assert not key_file.exists()  # a missing key file is not silently replaced by a new key
     # The env key takes precedence over the key file, and is checked just the same.
     key_file.write_text(original)
+    key_file.chmod(0o600)
     monkeypatch.setenv(KEY_ENV_VAR, base64.b64encode(os.urandom(32)).decode())
     with pytest.raises(SandboxKeyError, match=KEY_ENV_VAR):
         open_store(db_path)

@@ -42,11 +42,71 @@ def run_cli(db: Path, env: dict[str, str | None] | None = None) -> subprocess.Co
 
 
 @pytest.mark.parametrize("flag", ["--help", "--version"])
-def test_help_and_version_never_write_stdout(capsys: pytest.CaptureFixture[str], flag: str) -> None:
-    assert main([flag]) == 0
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert "--api-key" in err if flag == "--help" else "danube-sandbox" in err
+def test_help_and_version_go_to_stdout_with_status_0(flag: str) -> None:
+    result = run([sys.executable, "-m", "danube_mcp.sandbox", flag])
+    assert result.returncode == 0 and result.stderr == ""
+    if flag == "--version":
+        assert result.stdout.startswith("danube-sandbox ")
+    else:
+        assert "--api-keys-file" in result.stdout
+
+
+def test_every_flag_names_its_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    flags = {
+        "--host": "DANUBE_SANDBOX_HOST",
+        "--port": "DANUBE_SANDBOX_PORT",
+        "--db": "DANUBE_SANDBOX_DB",
+        "--api-key": "DANUBE_SANDBOX_API_KEYS",
+        "--api-keys-file": "DANUBE_SANDBOX_API_KEYS_FILE",
+        "--services": "DANUBE_SANDBOX_SERVICES",
+        "--log-level": "DANUBE_SANDBOX_LOG_LEVEL",
+        "--allowed-host": "DANUBE_SANDBOX_ALLOWED_HOSTS",
+        "--allowed-origin": "DANUBE_SANDBOX_ALLOWED_ORIGINS",
+        "--allow-public-bind": "DANUBE_SANDBOX_ALLOW_PUBLIC_BIND",
+        "--device-code-ttl": "DANUBE_SANDBOX_DEVICE_CODE_TTL",
+        "--device-poll-interval": "DANUBE_SANDBOX_DEVICE_POLL_INTERVAL",
+    }
+    for flag, env in flags.items():
+        start = out.index(f" {flag} ", out.index("options:"))
+        following = out[start : start + 400]
+        assert env in following, flag
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "70000"], {}, "--port must be an integer between 0 and 65535"),
+        (["--port", "abc"], {}, "--port must be an integer between 0 and 65535"),
+        (["--port", "８０"], {}, "--port must be an integer between 0 and 65535"),
+        ([], {"DANUBE_SANDBOX_PORT": "-1"}, "DANUBE_SANDBOX_PORT must be an integer between 0 and 65535"),
+        (["--device-code-ttl", "0"], {}, "--device-code-ttl must be an integer between 1 and 86400"),
+        ([], {"DANUBE_SANDBOX_LOG_LEVEL": "loud"}, "DANUBE_SANDBOX_LOG_LEVEL must be one of"),
+        ([], {"DANUBE_SANDBOX_ALLOW_PUBLIC_BIND": "maybe"}, "DANUBE_SANDBOX_ALLOW_PUBLIC_BIND must be"),
+    ],
+)
+def test_bad_numbers_and_choices_are_one_clear_line(
+    tmp_path: Path, args: list[str], env: dict[str, str | None], message: str
+) -> None:
+    db = tmp_path / "sb.db"
+    result = run([sys.executable, "-m", "danube_mcp.sandbox", "--db", str(db), *args], env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"danube-sandbox: error: {message}"] or (
+        len(result.stderr.splitlines()) == 1 and message in result.stderr
+    ), result.stderr
+    assert "invalid _port value" not in result.stderr
+    assert not db.exists()
+
+
+def test_mistyped_flag_never_echoes_its_value() -> None:
+    canary = "sk-canary-typo-7d1e0b"
+    result = run([sys.executable, "-m", "danube_mcp.sandbox", f"--api-kee={canary}", canary])
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "danube-sandbox: error: unrecognized option(s): --api-kee (see danube-sandbox --help)"
+    ]
+    assert canary not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -73,20 +133,11 @@ def test_bad_services_file_exits_2(
     assert err.startswith("danube-sandbox: error: ") and message in err
 
 
-def test_empty_api_key_and_bad_port_are_usage_errors(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_empty_api_key_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--db", str(tmp_path / "sb.db"), "--api-key", " "]) == 2
-    assert main(["--port", "70000"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and "--api-key must not be empty" in err and "65535" in err
+    assert out == "" and err == "danube-sandbox: error: --api-key must not be empty\n"
     assert not (tmp_path / "sb.db").exists()
-
-
-def test_missing_db_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--db", str(tmp_path / "no" / "such" / "sb.db")]) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and "cannot create sandbox database" in err
 
 
 def test_wrong_or_malformed_env_key_exits_2(tmp_path: Path) -> None:
@@ -108,19 +159,25 @@ def test_wrong_or_malformed_env_key_exits_2(tmp_path: Path) -> None:
         assert bad not in result.stderr
     # The wrong key file is refused the same way.
     Path(f"{db}.key").write_text(wrong)
+    Path(f"{db}.key").chmod(0o600)
     result = run_cli(db)
     assert result.returncode == 2 and "not the key" in result.stderr and result.stdout == ""
 
 
-def test_port_in_use_exits_1(tmp_path: Path) -> None:
+def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         command = sandbox_command(tmp_path / "sb.db", extra_args=["--port", str(port)])  # the last wins
         result = run(command)
-    assert result.returncode == 1, result.stderr
-    assert result.stdout == "" and "listening on" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"danube-sandbox: error: port {port} on 127.0.0.1 is already in use: stop what uses it, or pick"
+        " another with --port (DANUBE_SANDBOX_PORT); 0 picks a free one"
+    ]
+    assert not (tmp_path / "sb.db").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

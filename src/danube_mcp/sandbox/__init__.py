@@ -21,7 +21,13 @@ from danube_mcp.sandbox.catalog import (
     load_services_file,
 )
 from danube_mcp.sandbox.constants import API_KEY_HEADER, DEMO_API_KEY, KEY_ENV_VAR
-from danube_mcp.sandbox.errors import SandboxError, SandboxKeyError, SandboxStoreError
+from danube_mcp.sandbox.errors import (
+    SandboxError,
+    SandboxFileError,
+    SandboxIntegrityError,
+    SandboxKeyError,
+    SandboxStoreError,
+)
 from danube_mcp.sandbox.store import CredentialInfo, CredentialStore, PutResult, classify_value, open_store
 
 __all__ = [
@@ -37,6 +43,8 @@ __all__ = [
     "CredentialStore",
     "PutResult",
     "SandboxError",
+    "SandboxFileError",
+    "SandboxIntegrityError",
     "SandboxKeyError",
     "SandboxStoreError",
     "Service",

@@ -9,24 +9,31 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from danube_mcp.sandbox.catalog import Service, build_catalog, lookup
 from danube_mcp.sandbox.constants import (
     API_KEY_HEADER,
     CREDENTIAL_TYPES,
+    DEMO_API_KEY,
     MAX_BODY_BYTES,
     MAX_CREDENTIAL_VALUE_CHARS,
     MAX_SERVICE_ID_CHARS,
 )
-from danube_mcp.sandbox.store import CredentialStore
+from danube_mcp.sandbox.device import MAX_CLIENT_NAME_CHARS, DeviceError, DeviceFlow
+from danube_mcp.sandbox.device_page import DEVICE_PAGE_CSP, render_device_page
+from danube_mcp.sandbox.guard import HostOriginGuard
+from danube_mcp.sandbox.store import CredentialStore, key_prefix
+from danube_mcp.transports.http_options import Allowlist
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,14 @@ def error_response(
 async def _on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+async def _on_device_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DeviceError)
+    response = error_response(exc.status, exc.code, exc.message)
+    if exc.retry_after is not None:
+        response.headers["retry-after"] = str(exc.retry_after)
+    return response
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
@@ -114,24 +129,42 @@ class _SandboxApi:
         api_keys: Collection[str],
         services: Mapping[str, Service],
         max_body_bytes: int,
+        device_flow: DeviceFlow,
     ) -> None:
         self.store = store
         self.services = services
         self.max_body_bytes = max_body_bytes
+        self.device_flow = device_flow
+        started = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         # Compare keyed hashes, not the keys: no per-character timing signal about an accepted key.
-        self._accepted_owners = frozenset(store.owner_id(key) for key in api_keys)
+        # Each configured key is its own account; only metadata is kept about it, never the key.
+        self._configured: dict[str, dict[str, Any]] = {}
+        for key in api_keys:
+            owner = store.owner_id(key)
+            self._configured[owner] = {
+                "id": f"cfg_{owner[:12]}",
+                "name": "demo key" if key == DEMO_API_KEY else "configured key",
+                "prefix": key_prefix(key),
+                "created_at": started,
+                "source": "configured",
+            }
         self.stats: dict[str, int] = {"store_requests": 0, "stored": 0}
 
-    def authenticate(self, request: Request) -> str:
+    async def authenticate(self, request: Request) -> str:
+        """The account (owner id) the request's ``danube-api-key`` reaches; 401 otherwise."""
         api_key = request.headers.get(API_KEY_HEADER, "")
         if not api_key.strip():
             raise ApiError(401, "unauthorized", f"missing API key: send it in the {API_KEY_HEADER} header")
-        if self.store.owner_id(api_key) not in self._accepted_owners:
-            message = "invalid API key"
-            if api_key.startswith("${") and api_key.endswith("}"):
-                message += " (it looks like an unsubstituted ${...} placeholder)"
-            raise ApiError(401, "unauthorized", message)
-        return api_key
+        owner = self.store.owner_id(api_key)
+        if owner in self._configured:
+            return owner
+        account = await self.store.account_for_key(api_key)
+        if account is not None:
+            return account
+        message = "invalid API key"
+        if api_key.startswith("${") and api_key.endswith("}"):
+            message += " (it looks like an unsubstituted ${...} placeholder)"
+        raise ApiError(401, "unauthorized", message)
 
     async def _read_json_object(self, request: Request) -> dict[str, Any]:
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -223,18 +256,18 @@ class _SandboxApi:
 
     async def store_credential(self, request: Request) -> Response:
         self.stats["store_requests"] += 1
-        api_key = self.authenticate(request)
+        account = await self.authenticate(request)
         service, credential_type, value = self._validate(await self._read_json_object(request))
         # Shielded, so a write that committed is always counted even if the client goes away meanwhile.
         with anyio.CancelScope(shield=True):
-            result = await self.store.put(api_key, service.id, credential_type, value)
+            result = await self.store.put_for(account, service.id, credential_type, value)
             self.stats["stored"] += 1
         log.info(
             "stored a %s credential for %s as %s (owner %s…, version %d)",
             credential_type,
             service.id,
             result.stored_as,
-            self.store.owner_id(api_key)[:8],
+            account[:8],
             result.version,
         )
         return JSONResponse(
@@ -248,10 +281,13 @@ class _SandboxApi:
         )
 
     async def list_credentials(self, request: Request) -> Response:
-        api_key = self.authenticate(request)
-        rows = await self.store.list_credentials(api_key)
+        account = await self.authenticate(request)
+        rows = await self.store.list_credentials_for(account)
         credentials = []
+        tampered = [row.service_id for row in rows if not row.intact]
         for row in rows:
+            if not row.intact:
+                continue
             service = self.services.get(row.service_id)
             credentials.append(
                 {
@@ -264,7 +300,89 @@ class _SandboxApi:
                     "version": row.version,
                 }
             )
-        return JSONResponse({"credentials": credentials})
+        # Rows that fail authentication (a column or the ciphertext changed outside the sandbox) are not
+        # listed as credentials; their service ids are named so the problem is visible.
+        return JSONResponse({"credentials": credentials, "tampered": tampered})
+
+    # -- API keys and the device flow -------------------------------------------------------------
+
+    async def list_api_keys(self, request: Request) -> Response:
+        """Metadata of the keys that reach the caller's account: never a key, at most a 4-char prefix."""
+        account = await self.authenticate(request)
+        keys: list[dict[str, Any]] = []
+        if account in self._configured:
+            keys.append(dict(self._configured[account]))
+        for info in await self.store.list_api_keys(account):
+            keys.append(
+                {
+                    "id": info.id,
+                    "name": info.name,
+                    "prefix": info.prefix,
+                    "created_at": info.created_at,
+                    "source": "device",
+                }
+            )
+        return JSONResponse({"api_keys": keys})
+
+    async def device_code(self, request: Request) -> Response:
+        body = await self._read_json_object(request)
+        name = body.get("client_name", "unnamed client")
+        if not isinstance(name, str):
+            raise _invalid("client_name", "must be a string", expected="string", received=_json_type(name))
+        name = name.strip()
+        if not name or len(name) > MAX_CLIENT_NAME_CHARS or not name.isprintable():
+            raise _invalid(
+                "client_name",
+                f"must be 1 to {MAX_CLIENT_NAME_CHARS} printable characters",
+                max_length=MAX_CLIENT_NAME_CHARS,
+            )
+        code = self.device_flow.start(name)
+        base = str(request.base_url).rstrip("/")
+        log.info("device code issued for client %r", name)
+        return JSONResponse(
+            {
+                "device_code": code.device_code,
+                "user_code": code.user_code,
+                "verification_url": f"{base}/device",
+                "verification_url_complete": f"{base}/device?user_code={code.user_code}",
+                "expires_in": code.expires_in,
+                "interval": code.interval,
+            }
+        )
+
+    async def device_token(self, request: Request) -> Response:
+        device_code = _string_field(await self._read_json_object(request), "device_code")
+        grant = self.device_flow.poll(device_code)
+        assert grant.account is not None
+        with anyio.CancelScope(shield=True):
+            api_key, info = await self.store.issue_api_key(grant.account, grant.client_name)
+        log.info(
+            "device flow: issued key %s for client %r (account %s…)", info.id, info.name, info.account[:8]
+        )
+        return JSONResponse({"api_key": api_key, "key_id": info.id, "name": info.name})
+
+    async def _decide(self, request: Request, approve: bool) -> Response:
+        account = await self.authenticate(request)
+        user_code = _string_field(await self._read_json_object(request), "user_code")
+        if approve:
+            client_name = self.device_flow.approve(user_code, account)
+        else:
+            client_name = self.device_flow.deny(user_code)
+        verb = "approved" if approve else "denied"
+        log.info("device code %s for client %r (account %s…)", verb, client_name, account[:8])
+        return JSONResponse({verb: True, "client_name": client_name})
+
+    async def device_approve(self, request: Request) -> Response:
+        return await self._decide(request, approve=True)
+
+    async def device_deny(self, request: Request) -> Response:
+        return await self._decide(request, approve=False)
+
+    async def device_page(self, request: Request) -> Response:
+        return HTMLResponse(
+            render_device_page(request.query_params.get("user_code", "")),
+            headers={"content-security-policy": DEVICE_PAGE_CSP, "x-frame-options": "DENY"},
+        )
 
     async def list_services(self, request: Request) -> Response:
         return JSONResponse({"services": [service.to_json() for service in self.services.values()]})
@@ -282,16 +400,22 @@ def create_app(
     api_keys: Collection[str],
     services: Mapping[str, Service] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    allowlist: Allowlist | None = None,
+    device_flow: DeviceFlow | None = None,
 ) -> Starlette:
     """Build the sandbox API over an open store. Needs no lifespan (works under ``httpx2.ASGITransport``).
 
     ``services`` defaults to the built-in catalog. The caller owns ``store`` and closes it.
     ``app.state.stats`` counts ``store_requests`` (every POST to the store endpoint) and ``stored``.
+    ``allowlist`` turns on the Host/Origin checks (``danube-sandbox`` always passes one; the in-process
+    sandbox of ``danube-mcp --sandbox`` has no socket and needs none). ``device_flow`` holds the
+    device-flow settings and pending codes (default: 600 s codes, 5 s poll interval).
     """
     keys = [key for key in api_keys if isinstance(key, str) and key.strip()]
     if not keys or len(keys) != len(api_keys):
         raise ValueError("api_keys must be a non-empty collection of non-empty strings")
-    api = _SandboxApi(store, keys, build_catalog() if services is None else dict(services), max_body_bytes)
+    catalog = build_catalog() if services is None else dict(services)
+    api = _SandboxApi(store, keys, catalog, max_body_bytes, device_flow or DeviceFlow())
     app = Starlette(
         routes=[
             Route("/health", api.health, methods=["GET"]),
@@ -299,9 +423,17 @@ def create_app(
             Route("/v1/credentials/store", api.store_credential, methods=["POST"]),
             Route("/v1/credentials", api.list_credentials, methods=["GET"]),
             Route("/v1/_stats", api.get_stats, methods=["GET"]),
+            Route("/v1/api-keys", api.list_api_keys, methods=["GET"]),
+            Route("/v1/auth/device/code", api.device_code, methods=["POST"]),
+            Route("/v1/auth/device/token", api.device_token, methods=["POST"]),
+            Route("/v1/_device/approve", api.device_approve, methods=["POST"]),
+            Route("/v1/_device/deny", api.device_deny, methods=["POST"]),
+            Route("/device", api.device_page, methods=["GET"]),
         ],
+        middleware=[] if allowlist is None else [Middleware(HostOriginGuard, allowlist=allowlist)],
         exception_handlers={
             ApiError: _on_api_error,
+            DeviceError: _on_device_error,
             HTTPException: _on_http_exception,
             Exception: _on_server_error,
         },
@@ -309,4 +441,5 @@ def create_app(
     app.state.store = store
     app.state.services = api.services
     app.state.stats = api.stats
+    app.state.device_flow = api.device_flow
     return app

@@ -1,81 +1,49 @@
-"""``danube-sandbox``: serve the sandbox API with uvicorn. Writes only to stderr, never to stdout."""
+"""``danube-sandbox``: serve the sandbox API with uvicorn.
+
+Only ``--help`` and ``--version`` write to stdout; everything else goes to stderr. Every flag has a
+``DANUBE_SANDBOX_*`` environment variable (see :mod:`danube_mcp.sandbox.options`). Start-up failures
+are one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import errno
 import logging
-import os
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from danube_mcp import __version__
 from danube_mcp.sandbox.app import create_app
 from danube_mcp.sandbox.catalog import CatalogError, build_catalog, load_services_file
-from danube_mcp.sandbox.constants import DEFAULT_HOST, DEFAULT_PORT, DEMO_API_KEY, KEY_ENV_VAR
+from danube_mcp.sandbox.device import DeviceFlow
 from danube_mcp.sandbox.errors import SandboxError
-from danube_mcp.sandbox.store import MEMORY, open_store
+from danube_mcp.sandbox.files import os_cause
+from danube_mcp.sandbox.options import (
+    ENV_API_KEYS,
+    ENV_PORT,
+    EXIT_STARTUP_FAILURE,
+    EXIT_USAGE,
+    PROG,
+    Options,
+    StartupError,
+    build_parser,
+    default_db_path,
+    resolve_options,
+)
+from danube_mcp.sandbox.store import open_store
+from danube_mcp.transports.http_options import Allowlist
 
-PROG = "danube-sandbox"
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-EXIT_USAGE = 2
-EXIT_STARTUP_FAILURE = 1
+__all__ = ["build_parser", "default_db_path", "main"]
 
 log = logging.getLogger("danube_mcp.sandbox")
-
-
-def default_db_path(*, create_folder: bool = False) -> Path:
-    """``$XDG_DATA_HOME/danube-mcp/sandbox.db``, else ``~/.local/share/danube-mcp/sandbox.db``.
-
-    ``create_folder`` makes the folder (mode 0700) when it is missing, as on a fresh machine; an
-    explicit ``--db`` path is never created, so a typo fails loudly instead."""
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
-    path = base / "danube-mcp" / "sandbox.db"
-    if create_folder:
-        with contextlib.suppress(OSError):  # open_store reports an unusable location clearly
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-class _StderrParser(argparse.ArgumentParser):
-    """argparse prints help and version to stdout; this one never touches stdout."""
-
-    def _print_message(self, message: str, file: Any = None) -> None:
-        super()._print_message(message, sys.stderr)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _StderrParser(
-        prog=PROG,
-        description="A local Danube-compatible credentials API for tests and demos. Values are encrypted"
-        f" at rest with AES-256-GCM; the key comes from {KEY_ENV_VAR} or the file <db>.key.",
-    )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: %(default)s)")
-    parser.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help="port; 0 picks a free one (%(default)s)"
-    )
-    parser.add_argument("--db", help=f"SQLite database, or {MEMORY} (default: {default_db_path()})")
-    parser.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help=f"an API key to accept (repeatable; default: the demo key {DEMO_API_KEY})",
-    )
-    parser.add_argument("--services", metavar="FILE.json", help="add or replace catalog entries")
-    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
 
 
 class _RedactKeys(logging.Filter):
@@ -111,11 +79,40 @@ def _logging_to_stderr(level: str, api_keys: Sequence[str]) -> Iterator[None]:
         root.setLevel(previous_level)
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("must be between 0 and 65535")
-    return port
+def _disable_core_dumps() -> None:
+    """A core dump would hold the encryption key and the accepted API keys."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so a busy port is one clear line rather than a traceback."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise StartupError(f"cannot bind --host {host}: the name does not resolve") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {port} on {host} is already in use: stop what uses it, or pick another with --port"
+                f" ({ENV_PORT}); 0 picks a free one"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"cannot bind {host}: no such address on this machine") from None
+        if exc.errno == errno.EACCES:
+            raise StartupError(f"cannot bind port {port} on {host}: permission denied") from None
+        raise StartupError(f"cannot bind port {port} on {host}: {os_cause(exc)}") from None
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -123,7 +120,7 @@ class _Server(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, host: str) -> None:
         super().__init__(config)
-        self._display_host = f"[{host}]" if ":" in host else host
+        self._display_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -151,54 +148,70 @@ def _signals_to(server: _Server) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_STARTUP_FAILURE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors: already reported on stderr
+        options = resolve_options(args)
+    except SystemExit as exc:  # --help and --version (on stdout)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    api_keys: list[str] = args.api_key or [DEMO_API_KEY]
-    if any(not key.strip() for key in api_keys):
-        parser.print_usage()
-        print(f"{PROG}: error: --api-key must not be empty", file=sys.stderr)
-        return EXIT_USAGE
-    with _logging_to_stderr(args.log_level, api_keys):
-        return _run(args, api_keys)
-
-
-def _run(args: argparse.Namespace, api_keys: list[str]) -> int:
-    try:
-        services = build_catalog(load_services_file(args.services) if args.services else ())
-        if args.db is None:
-            db_path = default_db_path()
-            db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        else:
-            db_path = args.db
-        store = open_store(db_path)
-    except (CatalogError, SandboxError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-
-    try:
-        app = create_app(store, api_keys=api_keys, services=services)
-        config = uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_config=None,
-            log_level=args.log_level,
-            access_log=False,
-            lifespan="off",
-            ws="none",
-            timeout_graceful_shutdown=2,
+    except StartupError as exc:
+        return _fail(str(exc))
+    if options.keys_on_command_line:
+        print(
+            f"{PROG}: warning: --api-key is visible to other local users in the process list;"
+            f" prefer {ENV_API_KEYS} or --api-keys-file",
+            file=sys.stderr,
+            flush=True,
         )
-        server = _Server(config, args.host)
-        log.info("sandbox database: %s", db_path)
-        with _signals_to(server):
-            try:
-                asyncio.run(server.serve())
-            except SystemExit:  # uvicorn exits like this when it cannot bind; it logged why
-                return EXIT_STARTUP_FAILURE
+    _disable_core_dumps()
+    with _logging_to_stderr(options.log_level, options.api_keys):
+        return _run(options)
+
+
+def _run(options: Options) -> int:
+    try:
+        services = build_catalog(load_services_file(options.services) if options.services else ())
+        db_path = options.db if options.db is not None else str(default_db_path())
+        sock = bind_socket(options.host, options.port)
+    except (CatalogError, StartupError) as exc:
+        return _fail(str(exc))
+    try:
+        try:
+            store = open_store(db_path)
+        except SandboxError as exc:
+            return _fail(str(exc))
+        try:
+            app = create_app(
+                store,
+                api_keys=options.api_keys,
+                services=services,
+                allowlist=Allowlist.build(options.allowed_hosts, options.allowed_origins),
+                device_flow=DeviceFlow(ttl=options.device_ttl, interval=options.device_interval),
+            )
+            config = uvicorn.Config(
+                app,
+                log_config=None,
+                log_level=options.log_level,
+                access_log=False,
+                lifespan="off",
+                ws="none",
+                timeout_graceful_shutdown=2,
+            )
+            server = _Server(config, options.host)
+            log.info("sandbox database: %s", db_path)
+            with _signals_to(server):
+                try:
+                    asyncio.run(server.serve(sockets=[sock]))
+                except SystemExit:  # uvicorn exits like this when it cannot start; it logged why
+                    return EXIT_STARTUP_FAILURE
+        finally:
+            store.close()
     finally:
-        store.close()
+        sock.close()
     return 0

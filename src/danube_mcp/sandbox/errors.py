@@ -11,3 +11,11 @@ class SandboxKeyError(SandboxError):
 
 class SandboxStoreError(SandboxError):
     """The database cannot be opened or is not a sandbox database."""
+
+
+class SandboxFileError(SandboxStoreError):
+    """A sandbox file or folder is unusable or unsafe (foreign owner, open mode, symlink, I/O error)."""
+
+
+class SandboxIntegrityError(SandboxError):
+    """A stored row failed authentication: its ciphertext or a metadata column changed outside the sandbox."""

@@ -1,4 +1,4 @@
-"""The sandbox's 32-byte master key: from the environment or a 0600 key file, and its derived subkeys."""
+"""The sandbox's 32-byte master key: from the environment or a private 0600 key file, and its subkeys."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Final
 
 from danube_mcp.sandbox.constants import KEY_ENV_VAR
-from danube_mcp.sandbox.errors import SandboxKeyError
+from danube_mcp.sandbox.errors import SandboxFileError, SandboxKeyError
+from danube_mcp.sandbox.files import create_private, read_private_text
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +55,25 @@ def key_file_path(db_path: str | os.PathLike[str]) -> Path:
 
 
 def read_key_file(path: Path) -> bytes:
+    """Read a key file: ours, mode 0600 (no group/other bits), a regular file, not a symbolic link."""
     try:
-        text = path.read_text(encoding="ascii")
-        mode = path.stat().st_mode
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SandboxKeyError(f"cannot read key file {path}: {exc}") from None
-    if os.name == "posix" and mode & 0o077:
-        log.warning("key file %s is readable by other users; chmod 600 it", path)
+        text = read_private_text(path, "key file", max_bytes=1024)
+    except SandboxFileError as exc:
+        raise SandboxKeyError(str(exc)) from None
     return decode_key(text, f"key file {path}")
 
 
 def create_key_file(path: Path) -> bytes:
-    """Create ``path`` (O_CREAT|O_EXCL, mode 0600) holding a fresh random key, and return the key.
+    """Create ``path`` (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600) holding a fresh random key, and return it.
 
     Callers hold the database's write lock, so two processes opening one new database cannot race here.
     """
     key = os.urandom(KEY_BYTES)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise SandboxKeyError(f"cannot create key file {path}: {exc}") from None
+        fd = create_private(path, "key file")
+    except SandboxFileError as exc:
+        raise SandboxKeyError(str(exc)) from None
     try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o600)  # the umask can only remove bits; pin exactly 0600
         os.write(fd, base64.b64encode(key) + b"\n")
         os.fsync(fd)
     finally:

@@ -1,9 +1,11 @@
 """Encrypted SQLite credential store for the sandbox.
 
 Every credential value is encrypted with AES-256-GCM under a fresh 12-byte nonce; the associated data binds
-each ciphertext to its owner, service, type and kind, so rows cannot be swapped. Owners are HMACs of API
-keys, never the keys. A key-check record lets a wrong key fail loudly at start-up instead of yielding
-garbage. SQLite runs off the event loop (``anyio.to_thread``) on one connection guarded by a lock.
+each ciphertext to every stored column of its row (see :mod:`danube_mcp.sandbox.schema`), so rows cannot be
+swapped and no metadata column can be edited unnoticed. Owners are HMACs of API keys, never the keys. A
+key-check record lets a wrong key fail loudly at start-up instead of yielding garbage. The database, its
+``-wal``/``-shm`` files and its key file must be private (see :mod:`danube_mcp.sandbox.files`). SQLite
+runs off the event loop (``anyio.to_thread``) on one connection guarded by a lock.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
+import logging
 import os
 import re
+import secrets
 import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
 
@@ -27,7 +31,19 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from danube_mcp.sandbox.constants import KEY_ENV_VAR
-from danube_mcp.sandbox.errors import SandboxKeyError, SandboxStoreError
+from danube_mcp.sandbox.errors import (
+    SandboxFileError,
+    SandboxIntegrityError,
+    SandboxKeyError,
+    SandboxStoreError,
+)
+from danube_mcp.sandbox.files import (
+    create_private,
+    ensure_private_folder,
+    lstat_private,
+    open_private,
+    os_cause,
+)
 from danube_mcp.sandbox.keys import (
     KEY_BYTES,
     create_key_file,
@@ -36,47 +52,33 @@ from danube_mcp.sandbox.keys import (
     key_from_env,
     read_key_file,
 )
+from danube_mcp.sandbox.schema import (
+    NONCE_BYTES,
+    SELECT_ALL_CREDENTIALS,
+    SELECT_API_KEY_BY_HASH,
+    SELECT_API_KEYS_OF_ACCOUNT,
+    SELECT_ONE_CREDENTIAL,
+    SELECT_OWNER_CREDENTIALS,
+    WRITE_CREDENTIAL,
+    api_key_mac,
+    check_key,
+    credential_aad,
+    init_schema,
+    upgrade_from_v1,
+)
+
+log = logging.getLogger(__name__)
 
 StoredAs = Literal["value", "reference"]
 
-NONCE_BYTES: Final = 12
-SCHEMA_VERSION: Final = "1"
 MEMORY: Final = ":memory:"
+#: Files SQLite keeps beside a database; each must be as private as the database itself.
+SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+#: API keys shorter than this get no prefix in key metadata (four characters would give away too much).
+MIN_KEY_CHARS_FOR_PREFIX: Final = 24
 
-_KEY_CHECK_PLAINTEXT: Final = b"danube-sandbox key check v1"
-_KEY_CHECK_AAD: Final = b"danube-sandbox/v1/key-check"
 _VAULT_REF: Final = re.compile(r"vault://[^/#\s]+/[^#\s]+#[^#\s]+")
 _ENV_REF: Final = re.compile(r"env://[A-Za-z_][A-Za-z0-9_]*")
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS credentials (
-    owner TEXT NOT NULL,
-    service_id TEXT NOT NULL,
-    credential_type TEXT NOT NULL,
-    stored_as TEXT NOT NULL,
-    nonce BLOB NOT NULL,
-    ciphertext BLOB NOT NULL,
-    fingerprint TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    version INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (owner, service_id)
-);
-"""
-
-_UPSERT: Final = """
-INSERT INTO credentials
-    (owner, service_id, credential_type, stored_as, nonce, ciphertext, fingerprint, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (owner, service_id) DO UPDATE SET
-    credential_type = excluded.credential_type,
-    stored_as = excluded.stored_as,
-    nonce = excluded.nonce,
-    ciphertext = excluded.ciphertext,
-    fingerprint = excluded.fingerprint,
-    updated_at = excluded.updated_at,
-    version = credentials.version + 1
-"""
 
 
 def classify_value(value: str) -> StoredAs:
@@ -84,6 +86,11 @@ def classify_value(value: str) -> StoredAs:
     if _VAULT_REF.fullmatch(value) or _ENV_REF.fullmatch(value):
         return "reference"
     return "value"
+
+
+def key_prefix(api_key: str) -> str:
+    """A non-secret hint to tell keys apart: the first 4 characters of a long key, else nothing."""
+    return api_key[:4] if len(api_key) >= MIN_KEY_CHARS_FOR_PREFIX else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +111,30 @@ class CredentialInfo:
     updated_at: str
     fingerprint: str
     version: int
+    #: False when the row failed authentication (a column or the ciphertext changed outside the sandbox).
+    intact: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """Metadata about one issued API key; never the key."""
+
+    id: str
+    account: str
+    name: str
+    prefix: str
+    created_at: str
 
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _as_int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return 0
 
 
 class CredentialStore:
@@ -119,7 +146,10 @@ class CredentialStore:
         self._aead = AESGCM(derive_subkey(key, b"encryption"))
         self._owner_key = derive_subkey(key, b"owner")
         self._fingerprint_key = derive_subkey(key, b"fingerprint")
+        self._api_key_mac_key = derive_subkey(key, b"api-key-row")
         self.db_path = db_path
+        #: How many stored credentials failed authentication when the store was opened.
+        self.integrity_failures = 0
 
     # -- keyed hashes -----------------------------------------------------------------------------
 
@@ -132,76 +162,202 @@ class CredentialStore:
         digest = hmac.new(self._fingerprint_key, value.encode("utf-8"), hashlib.sha256).hexdigest()
         return digest[:8]
 
-    @staticmethod
-    def _aad(owner: str, service_id: str, credential_type: str, stored_as: str) -> bytes:
-        return json.dumps(["danube-sandbox/v1", owner, service_id, credential_type, stored_as]).encode()
+    def _open_row(self, row: tuple[object, ...]) -> bytes | None:
+        """Decrypt a credential row (columns in CREDENTIAL_COLUMNS order); None when it fails to verify."""
+        (owner, service_id, ctype, stored_as, nonce, ciphertext, fingerprint, updated_at, version) = row
+        if not isinstance(nonce, bytes) or not isinstance(ciphertext, bytes):
+            return None
+        aad = credential_aad(owner, service_id, ctype, stored_as, fingerprint, updated_at, version)
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except (InvalidTag, ValueError):
+            return None
 
-    # -- operations -------------------------------------------------------------------------------
+    # -- credentials ------------------------------------------------------------------------------
 
     async def put(self, api_key: str, service_id: str, credential_type: str, value: str) -> PutResult:
         """Store (or replace) the caller's credential for a service, in one transaction."""
-        call = functools.partial(self.put_sync, api_key, service_id, credential_type, value)
+        return await self.put_for(self.owner_id(api_key), service_id, credential_type, value)
+
+    async def put_for(self, owner: str, service_id: str, credential_type: str, value: str) -> PutResult:
+        """Like :meth:`put`, for an owner (account) already resolved from an API key."""
+        call = functools.partial(self.put_for_sync, owner, service_id, credential_type, value)
         return await anyio.to_thread.run_sync(call)
 
     async def list_credentials(self, api_key: str) -> list[CredentialInfo]:
-        return await anyio.to_thread.run_sync(self.list_credentials_sync, api_key)
+        return await self.list_credentials_for(self.owner_id(api_key))
+
+    async def list_credentials_for(self, owner: str) -> list[CredentialInfo]:
+        return await anyio.to_thread.run_sync(self.list_credentials_for_sync, owner)
 
     def put_sync(self, api_key: str, service_id: str, credential_type: str, value: str) -> PutResult:
-        owner = self.owner_id(api_key)
+        return self.put_for_sync(self.owner_id(api_key), service_id, credential_type, value)
+
+    def put_for_sync(self, owner: str, service_id: str, credential_type: str, value: str) -> PutResult:
         stored_as = classify_value(value)
-        nonce = os.urandom(NONCE_BYTES)
-        aad = self._aad(owner, service_id, credential_type, stored_as)
-        ciphertext = self._aead.encrypt(nonce, value.encode("utf-8"), aad)
         fingerprint = self.fingerprint(value)
+        plaintext = value.encode("utf-8")
         with self._lock:
             conn = self._require_open()
-            updated_at = _utc_now()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                params = (owner, service_id, credential_type, stored_as, nonce, ciphertext, fingerprint)
-                conn.execute(_UPSERT, (*params, updated_at))
-                (version,) = conn.execute(
+                row = conn.execute(
                     "SELECT version FROM credentials WHERE owner = ? AND service_id = ?", (owner, service_id)
                 ).fetchone()
+                version = 1 if row is None else _as_int(row[0]) + 1
+                updated_at = _utc_now()
+                nonce = os.urandom(NONCE_BYTES)
+                aad = credential_aad(
+                    owner, service_id, credential_type, stored_as, fingerprint, updated_at, version
+                )
+                ciphertext = self._aead.encrypt(nonce, plaintext, aad)
+                conn.execute(
+                    WRITE_CREDENTIAL,
+                    (
+                        owner,
+                        service_id,
+                        credential_type,
+                        stored_as,
+                        nonce,
+                        ciphertext,
+                        fingerprint,
+                        updated_at,
+                        version,
+                    ),
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        return PutResult(stored_as=stored_as, updated_at=updated_at, version=int(version))
+        return PutResult(stored_as=stored_as, updated_at=updated_at, version=version)
 
     def list_credentials_sync(self, api_key: str) -> list[CredentialInfo]:
-        owner = self.owner_id(api_key)
+        return self.list_credentials_for_sync(self.owner_id(api_key))
+
+    def list_credentials_for_sync(self, owner: str) -> list[CredentialInfo]:
+        """The owner's credentials, each verified (decrypted and dropped): ``intact`` says whether it held."""
         with self._lock:
             rows = (
                 self._require_open()
                 .execute(
-                    "SELECT service_id, credential_type, stored_as, updated_at, fingerprint, version"
-                    " FROM credentials WHERE owner = ? ORDER BY service_id",
+                    SELECT_OWNER_CREDENTIALS,
                     (owner,),
                 )
                 .fetchall()
             )
-        return [CredentialInfo(str(a), str(b), str(c), str(d), str(e), int(f)) for a, b, c, d, e, f in rows]
+        infos = []
+        for row in rows:
+            intact = self._open_row(tuple(row)) is not None
+            _, service_id, ctype, stored_as, _, _, fingerprint, updated_at, version = row
+            infos.append(
+                CredentialInfo(
+                    str(service_id),
+                    str(ctype),
+                    str(stored_as),
+                    str(updated_at),
+                    str(fingerprint),
+                    _as_int(version),
+                    intact,
+                )
+            )
+        return infos
 
     def reveal_for_tests(self, api_key: str, service_id: str) -> str | None:
-        """Decrypt one stored credential. For tests only: nothing over HTTP ever calls this."""
+        """Decrypt one stored credential. For tests only: nothing over HTTP ever calls this.
+
+        Raises :class:`SandboxIntegrityError` when the row (any column of it) was changed."""
         owner = self.owner_id(api_key)
         with self._lock:
             row = (
                 self._require_open()
                 .execute(
-                    "SELECT credential_type, stored_as, nonce, ciphertext FROM credentials"
-                    " WHERE owner = ? AND service_id = ?",
+                    SELECT_ONE_CREDENTIAL,
                     (owner, service_id),
                 )
                 .fetchone()
             )
         if row is None:
             return None
-        credential_type, stored_as, nonce, ciphertext = row
-        aad = self._aad(owner, service_id, credential_type, stored_as)
-        return self._aead.decrypt(nonce, ciphertext, aad).decode("utf-8")
+        plaintext = self._open_row(tuple(row))
+        if plaintext is None:
+            raise SandboxIntegrityError(
+                f"the stored credential for {service_id} failed verification:"
+                " it was changed outside the sandbox"
+            )
+        return plaintext.decode("utf-8")
+
+    def count_integrity_failures_sync(self) -> int:
+        """Verify every stored credential; return how many fail (done once when the store opens)."""
+        with self._lock:
+            rows = self._require_open().execute(SELECT_ALL_CREDENTIALS).fetchall()
+        return sum(1 for row in rows if self._open_row(tuple(row)) is None)
+
+    # -- API keys issued by the device flow -------------------------------------------------------
+
+    def issue_api_key_sync(self, account: str, name: str) -> tuple[str, ApiKeyInfo]:
+        """Create a new random API key that reaches ``account``'s credentials; return it with its metadata.
+
+        Only the key's HMAC is stored: the key itself is returned once and never kept."""
+        api_key = secrets.token_urlsafe(32)
+        info = ApiKeyInfo(
+            id=f"key_{secrets.token_hex(8)}",
+            account=account,
+            name=name,
+            prefix=key_prefix(api_key),
+            created_at=_utc_now(),
+        )
+        columns = (info.id, self.owner_id(api_key), account, name, info.prefix, info.created_at)
+        with self._lock:
+            conn = self._require_open()
+            conn.execute(
+                "INSERT INTO api_keys (id, key_hash, account, name, prefix, created_at, mac)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*columns, api_key_mac(self._api_key_mac_key, columns)),
+            )
+        return api_key, info
+
+    def _api_key_rows(self, query: str, param: str) -> list[ApiKeyInfo]:
+        with self._lock:
+            rows = (
+                self._require_open()
+                .execute(
+                    query,
+                    (param,),
+                )
+                .fetchall()
+            )
+        infos = []
+        for row in rows:
+            *columns, mac = row
+            if not isinstance(mac, str) or not hmac.compare_digest(
+                mac, api_key_mac(self._api_key_mac_key, tuple(columns))
+            ):
+                log.warning("an API key row in %s failed verification and is ignored", self.db_path)
+                continue
+            key_id, _, account, name, prefix, created_at = columns
+            infos.append(ApiKeyInfo(str(key_id), str(account), str(name), str(prefix), str(created_at)))
+        return infos
+
+    def account_for_key_sync(self, api_key: str) -> str | None:
+        """The account an issued API key reaches, or None for an unknown (or tampered) key."""
+        found = self._api_key_rows(SELECT_API_KEY_BY_HASH, self.owner_id(api_key))
+        return found[0].account if found else None
+
+    def list_api_keys_sync(self, account: str) -> list[ApiKeyInfo]:
+        return sorted(
+            self._api_key_rows(SELECT_API_KEYS_OF_ACCOUNT, account),
+            key=lambda info: (info.created_at, info.id),
+        )
+
+    async def issue_api_key(self, account: str, name: str) -> tuple[str, ApiKeyInfo]:
+        return await anyio.to_thread.run_sync(self.issue_api_key_sync, account, name)
+
+    async def account_for_key(self, api_key: str) -> str | None:
+        return await anyio.to_thread.run_sync(self.account_for_key_sync, api_key)
+
+    async def list_api_keys(self, account: str) -> list[ApiKeyInfo]:
+        return await anyio.to_thread.run_sync(self.list_api_keys_sync, account)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -242,47 +398,33 @@ class CredentialStore:
 # -- opening -------------------------------------------------------------------------------------
 
 
-def _precreate_private(path: str) -> None:
-    """Create the database file with mode 0600 (SQLite gives its -wal/-shm files the same mode)."""
+def _open_db_file(path: str) -> int:
+    """Open the database file ourselves (create it 0600 if missing), never through a link, and keep the
+    descriptor until SQLite has opened the same file (same device and inode), so a swap is caught."""
+    if lstat_private(path, "sandbox database") is None:
+        return create_private(path, "sandbox database")
+    return open_private(path, "sandbox database", write=True)
+
+
+def _check_side_files(path: str) -> None:
+    for suffix in SIDE_FILES:
+        lstat_private(path + suffix, "sandbox database file")
+
+
+def _same_file(fd: int, path: str) -> None:
+    held = os.fstat(fd)
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
+        now = os.lstat(path)
     except OSError as exc:
-        raise SandboxStoreError(f"cannot create sandbox database {path}: {exc}") from None
+        raise SandboxFileError(
+            f"sandbox database {path} disappeared while opening: {os_cause(exc)}"
+        ) from None
+    if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+        raise SandboxFileError(f"sandbox database {path} was replaced while the sandbox was opening it")
 
 
-def _check_key(conn: sqlite3.Connection, key: bytes, source: str, db_path: str) -> None:
-    aead = AESGCM(derive_subkey(key, b"encryption"))
-    row = conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()
-    if row is None:
-        nonce = os.urandom(NONCE_BYTES)
-        record = nonce + aead.encrypt(nonce, _KEY_CHECK_PLAINTEXT, _KEY_CHECK_AAD)
-        conn.execute("INSERT INTO meta (name, value) VALUES ('key_check', ?)", (record,))
-        return
-    record = bytes(row[0])
-    try:
-        ok = aead.decrypt(record[:NONCE_BYTES], record[NONCE_BYTES:], _KEY_CHECK_AAD) == _KEY_CHECK_PLAINTEXT
-    except InvalidTag:
-        ok = False
-    if not ok:
-        raise SandboxKeyError(
-            f"the encryption key from {source} is not the key sandbox database {db_path} was created with;"
-            f" use the original key (or delete the database to start afresh)"
-        )
-
-
-def _init_schema(conn: sqlite3.Connection, db_path: str) -> bool:
-    """Create tables if needed; return whether a key-check record already exists."""
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)  # not executescript(): that would COMMIT the open transaction
-    row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO meta (name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-    elif str(row[0]) != SCHEMA_VERSION:
-        raise SandboxStoreError(f"{db_path} has sandbox schema version {row[0]}, expected {SCHEMA_VERSION}")
-    return conn.execute("SELECT 1 FROM meta WHERE name = 'key_check'").fetchone() is not None
+def _key_file_exists(key_file: Path) -> bool:
+    return os.path.lexists(key_file)  # a link counts as present, and is then refused, never followed
 
 
 def open_store(
@@ -292,8 +434,10 @@ def open_store(
 
     The key is ``key`` if given, else ``DANUBE_SANDBOX_KEY`` (base64 of 32 bytes), else the key file
     ``<db_path>.key`` (created with mode 0600 on first use; an in-memory store gets a random key).
-    Raises :class:`SandboxKeyError` for a malformed, missing or wrong key and :class:`SandboxStoreError`
-    when the database cannot be used.
+    Missing folders are created with mode 0700. The database, its ``-wal``/``-shm`` files and the key
+    file must belong to the current user, be closed to group and others, and not be symbolic links.
+    Raises :class:`SandboxKeyError` for a malformed, missing or wrong key, :class:`SandboxFileError`
+    for an unsafe or unusable file, and :class:`SandboxStoreError` when the database cannot be used.
     """
     path = os.fspath(db_path)
     in_memory = path == MEMORY
@@ -304,27 +448,42 @@ def open_store(
     else:
         key = key_from_env(environ)
         source = KEY_ENV_VAR
+    guard_fd: int | None = None
     if not in_memory:
-        _precreate_private(path)
+        ensure_private_folder(Path(os.path.abspath(path)).parent)
+        _check_side_files(path)
+        guard_fd = _open_db_file(path)
+    try:
+        return _connect(path, key, source, in_memory, guard_fd)
+    finally:
+        if guard_fd is not None:
+            os.close(guard_fd)
+
+
+def _connect(
+    path: str, key: bytes | None, source: str, in_memory: bool, guard_fd: int | None
+) -> CredentialStore:
     try:
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise SandboxStoreError(f"cannot open sandbox database {path}: {exc}") from None
     try:
         conn.execute("PRAGMA busy_timeout = 30000")
+        if guard_fd is not None:
+            _same_file(guard_fd, path)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA secure_delete = ON")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            has_key_check = _init_schema(conn, path)
+            schema_version, has_key_check = init_schema(conn, path)
             if key is None:
                 key_file = key_file_path(path)
                 source = f"key file {key_file}"
                 if in_memory:
                     key = os.urandom(KEY_BYTES)
-                elif key_file.exists():
+                elif _key_file_exists(key_file):
                     key = read_key_file(key_file)
                 elif has_key_check:
                     raise SandboxKeyError(
@@ -333,16 +492,29 @@ def open_store(
                     )
                 else:
                     key = create_key_file(key_file)
-            _check_key(conn, key, source, path)
+            check_key(conn, key, source, path)
+            if schema_version == "1":
+                upgrade_from_v1(conn, AESGCM(derive_subkey(key, b"encryption")), path)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if not in_memory:
+            _check_side_files(path)  # the ones SQLite just created are ours and 0600, like the database
     except sqlite3.Error as exc:
         conn.close()
         raise SandboxStoreError(f"cannot use sandbox database {path}: {exc}") from None
     except BaseException:
         conn.close()
         raise
-    return CredentialStore(conn, key, path)
+    store = CredentialStore(conn, key, path)
+    store.integrity_failures = store.count_integrity_failures_sync()
+    if store.integrity_failures:
+        log.warning(
+            "sandbox database %s: %d stored credential(s) failed verification (changed outside the"
+            " sandbox); they are listed as tampered and unreadable until stored again",
+            path,
+            store.integrity_failures,
+        )
+    return store

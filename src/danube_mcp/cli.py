@@ -32,7 +32,7 @@ COMMANDS = ("login", "logout", "store")
 PORT_PROBLEM = "must be a whole number from 0 to 65535 (0 picks a free port)"
 TRANSPORT_PROBLEM = f"must be one of {', '.join(TRANSPORTS)}"
 # argparse details that carry no value of the user's; every other detail is replaced.
-_SAFE_DETAILS = frozenset({PORT_PROBLEM, TRANSPORT_PROBLEM, "expected one argument"})
+_SAFE_DETAILS = frozenset({PORT_PROBLEM, TRANSPORT_PROBLEM})
 # Only names shaped like this one's own flags are repeated in an error; anything else might be a
 # pasted secret.
 _FLAG_NAME = re.compile(r"--[a-z][a-z0-9-]{0,30}")
@@ -98,7 +98,9 @@ class _Parser(argparse.ArgumentParser):
             text = "invalid command line"
         else:
             flag, detail = m.group(1).split("/")[-1], m.group(2)
-            if detail in _SAFE_DETAILS:
+            if detail == "expected one argument":
+                text = f"{flag} needs a value"
+            elif detail in _SAFE_DETAILS:
                 text = f"{flag} {detail}"
             elif detail.startswith("ignored explicit argument"):
                 text = f"{flag} takes no value"

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from procs import REPO, child_env
 
 from danube_mcp import __version__
+from procs import REPO, child_env
 
 CANARY = "dk-CANARY-cli-5f1e2d3c4b5a69788796"
 

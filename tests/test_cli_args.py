@@ -118,6 +118,7 @@ def test_bad_transport_lists_the_choices() -> None:
         ((f"--a={CANARY}",), "--a"),
         ((f"--{CANARY}",), None),  # a pasted key that starts with dashes is not repeated either
         ((f"-k{CANARY}",), None),
+        (("--sk-proj-4f3e2d1c0b9a",), None),  # lowercase, but digits: not a flag of ours
         ((CANARY,), None),  # a stray positional
         ((f"--sandbox={CANARY}",), "--sandbox"),  # a switch given a value
         ((f"--self-test={CANARY}",), "--self-test"),
@@ -131,7 +132,7 @@ def test_bad_transport_lists_the_choices() -> None:
 def test_a_mistyped_flag_never_echoes_its_value(argv: tuple[str, ...], named: str | None) -> None:
     out = run(*argv)
     line = one_line_error(out)
-    for fragment in (CANARY, CANARY[3:], CANARY[-12:]):
+    for fragment in (CANARY, CANARY[3:], CANARY[-12:], "4f3e2d1c0b9a"):
         assert fragment not in out.stderr + out.stdout
     if named is not None:
         assert named in line

@@ -33,9 +33,9 @@ PORT_PROBLEM = "must be a whole number from 0 to 65535 (0 picks a free port)"
 TRANSPORT_PROBLEM = f"must be one of {', '.join(TRANSPORTS)}"
 # argparse details that carry no value of the user's; every other detail is replaced.
 _SAFE_DETAILS = frozenset({PORT_PROBLEM, TRANSPORT_PROBLEM})
-# Only names shaped like this one's own flags are repeated in an error; anything else might be a
-# pasted secret.
-_FLAG_NAME = re.compile(r"--[a-z][a-z0-9-]{0,30}")
+# Only names shaped like this program's own flags (lowercase words and dashes, short) are repeated
+# in an error; anything else might be a pasted secret.
+_FLAG_NAME = re.compile(r"--[a-z][a-z-]{0,24}")
 
 DESCRIPTION = """\
 MCP server with one tool, store_credential: it stores an API key or bearer

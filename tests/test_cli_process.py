@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import queue
 import re
-import resource
 import socket
 import subprocess
 import sys
@@ -145,6 +143,7 @@ def read_core_limit(pid: int) -> str:
 def core_files_allowed() -> Iterator[None]:
     """Children inherit a non-zero core-file limit (as after `ulimit -c unlimited`), so a server
     that did not lower it would show it: without this the tests below could not fail."""
+    resource = pytest.importorskip("resource")
     before = resource.getrlimit(resource.RLIMIT_CORE)
     if before[1] == 0:
         pytest.skip("the hard core-file limit here is 0: nothing for the server to lower")
@@ -177,8 +176,8 @@ def test_core_dumps_are_off_in_a_running_stdio_server() -> None:
 # Started by hand in a terminal
 
 
-@pytest.mark.skipif(not hasattr(pty, "openpty"), reason="needs a pseudo-terminal")
 def test_in_a_terminal_it_explains_itself_and_still_serves(tmp_path: object) -> None:
+    pty = pytest.importorskip("pty", reason="needs a pseudo-terminal")
     master, slave = pty.openpty()
     err = Captured()
     proc = subprocess.Popen(

@@ -118,7 +118,7 @@ def run_self_test(
 
     settings = settings or load_settings()
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    report = Report(None if sandbox else key)
+    report = Report(key)
     _header(report, sandbox)
     out: list[str] = []
     if sandbox:

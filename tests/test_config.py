@@ -100,3 +100,30 @@ def test_org_timeout_retries_budget() -> None:
         25.0,
     )
     assert load_settings({"DANUBE_TIMEOUT": "60"}).call_budget == 60.0
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "origin"),
+    [
+        ("DANUBE_API_URL", "https://api.danubeai.com/v1", "https://api.danubeai.com"),
+        ("DANUBE_API_URL", "https://api.danubeai.com/v1/", "https://api.danubeai.com"),
+        ("DANUBE_API_URL", "https://api.danubeai.com/v1/credentials/store", "https://api.danubeai.com"),
+        (
+            "DANUBE_BASE_URL",
+            "https://danube.internal.example:8443/api/v1",
+            "https://danube.internal.example:8443",
+        ),
+        ("DANUBE_API_URL", "http://127.0.0.1:8765/v1", "http://127.0.0.1:8765"),
+        ("DANUBE_API_URL", f"https://api.danubeai.com/{KEY}", "https://api.danubeai.com"),
+    ],
+)
+def test_a_path_in_the_base_url_is_refused_with_the_fix(var: str, raw: str, origin: str) -> None:
+    """A pasted endpoint address would send every call to .../v1/v1/... (a 404 that blames the
+    service id): refuse it at start and say exactly what to set instead."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({var: raw})
+    message = str(info.value)
+    assert message.startswith(var)
+    assert message.endswith(f"set {var}={origin}")
+    assert "without a path" in message and "\n" not in message
+    assert KEY not in message

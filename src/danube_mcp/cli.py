@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from danube_mcp import __version__
+from danube_mcp.cli_parser import COMMANDS, TRANSPORT_PROBLEM, TRANSPORTS, build_parser
 
 if TYPE_CHECKING:
     from danube_mcp.backend import Backend
@@ -24,90 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("danube_mcp")
 
-TRANSPORTS = ("stdio", "streamable-http", "sse", "http")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit 2, like every other start-up failure
-        self.exit(2, f"danube-mcp: {message} (see danube-mcp --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="danube-mcp",
-        description="MCP server exposing Danube's credential store as the store_credential tool. "
-        "Danube settings come from the environment (DANUBE_API_KEY, DANUBE_API_URL, DANUBE_ORG_ID, "
-        "DANUBE_TIMEOUT, DANUBE_MAX_RETRIES); see the README.",
-    )
-    p.add_argument("--version", action="version", version=f"danube-mcp {__version__}")
-    p.add_argument(
-        "--log-level",
-        default=None,
-        help="DEBUG, INFO, WARNING (default) or ERROR; env DANUBE_MCP_LOG_LEVEL. Logs go to stderr.",
-    )
-    p.add_argument(
-        "--sandbox",
-        action="store_true",
-        default=None,
-        help="store credentials in a local encrypted test database instead of Danube (no key needed)",
-    )
-    p.add_argument("--sandbox-db", metavar="PATH", default=None, help="database file for --sandbox")
-    p.add_argument(
-        "--secure-input",
-        action="store_true",
-        default=None,
-        help="let users type the credential on a private page instead of in the chat "
-        "(URL-mode elicitation); env DANUBE_MCP_SECURE_INPUT",
-    )
-    p.add_argument(
-        "--self-test",
-        action="store_true",
-        help="start the server as a child over stdio, check it, print a report and exit",
-    )
-    http = p.add_argument_group("HTTP transports")
-    http.add_argument(
-        "--transport",
-        choices=TRANSPORTS,
-        default=None,
-        help="stdio (default), streamable-http (/mcp), sse (/sse + /messages/), or http (both); "
-        "env DANUBE_MCP_TRANSPORT",
-    )
-    http.add_argument("--host", default=None, help="address to bind (default 127.0.0.1); env DANUBE_MCP_HOST")
-    http.add_argument(
-        "--port", type=int, default=None, help="port (default 8000, 0 = any); env DANUBE_MCP_PORT"
-    )
-    http.add_argument("--stateless", action="store_true", default=None, help="stateless streamable HTTP")
-    http.add_argument(
-        "--json-response", action="store_true", default=None, help="plain JSON answers for streamable HTTP"
-    )
-    http.add_argument(
-        "--allowed-host",
-        action="append",
-        default=None,
-        metavar="HOST[:PORT]",
-        help="extra Host header value to accept (repeatable); env DANUBE_MCP_ALLOWED_HOSTS (comma-separated)",
-    )
-    http.add_argument(
-        "--allowed-origin",
-        action="append",
-        default=None,
-        metavar="ORIGIN",
-        help="extra Origin to accept (repeatable); env DANUBE_MCP_ALLOWED_ORIGINS (comma-separated)",
-    )
-    http.add_argument(
-        "--auth-token-file",
-        default=None,
-        metavar="PATH",
-        help="file holding the access token clients must send as 'Authorization: Bearer'; "
-        "or set DANUBE_MCP_AUTH_TOKEN",
-    )
-    http.add_argument(
-        "--require-client-key",
-        action="store_true",
-        default=None,
-        help="every caller must send its own danube-api-key header; the server's key is never used",
-    )
-    return p
+__all__ = ["COMMANDS", "TRANSPORTS", "build_parser", "main"]
 
 
 @dataclass(frozen=True)
@@ -202,8 +119,42 @@ def _fast_exit(code: int) -> None:
     os._exit(code)
 
 
+TTY_NOTE = """\
+danube-mcp: this is an MCP server: it speaks MCP (JSON-RPC) on stdin/stdout and is meant to be
+  started by an MCP host (Claude Desktop, an IDE), so it now waits quietly for one.
+  To try it by hand:  danube-mcp --self-test --sandbox
+  or in a browser:    npx @modelcontextprotocol/inspector danube-mcp --sandbox
+  Waiting for MCP messages on stdin; Ctrl+D or Ctrl+C ends it."""
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def _http_key_note(opts: RunOptions, require_client_key: bool) -> str | None:
+    """Over HTTP without a server key, every caller brings its own: say so once at start."""
+    if opts.sandbox or opts.settings.api_key is not None or require_client_key:
+        return None
+    return (
+        f"danube-mcp: note: DANUBE_API_KEY is {opts.settings.api_key_problem}, so every caller must "
+        "send its own Danube API key in the danube-api-key header (set DANUBE_API_KEY to serve "
+        "callers without one, or --require-client-key to make this the rule and silence this note)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from danube_mcp.hardening import disable_core_dumps
+
+    disable_core_dumps()  # before any secret is read: a core file would hold them all
+    arg_list = list(sys.argv[1:] if argv is None else argv)
+    if arg_list and arg_list[0] in COMMANDS:
+        from danube_mcp.commands import dispatch
+
+        return dispatch(arg_list[0], arg_list[1:])
+    args = build_parser().parse_strict(arg_list)
     tls = None
     if not (args.sandbox or args.self_test):
         from danube_mcp.config import DEFAULT_API_URL
@@ -218,7 +169,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = resolve(args, tls)
     except ConfigError as exc:
+        if args.self_test:
+            from danube_mcp.selftest import report_settings_problem
+
+            return report_settings_problem(str(exc))
         print(f"danube-mcp: {exc}", file=sys.stderr)
+        return 2
+    if args.sandbox_db is not None and not opts.sandbox:
+        print(
+            "danube-mcp: --sandbox-db needs --sandbox (or DANUBE_MCP_SANDBOX=1); "
+            "without it credentials go to Danube",
+            file=sys.stderr,
+        )
         return 2
 
     from danube_mcp.logs import SECRETS, setup_logging
@@ -230,11 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.self_test:
         from danube_mcp.selftest import run_self_test
 
-        return int(run_self_test(sandbox=opts.sandbox, sandbox_db=opts.sandbox_db, log_level=opts.log_level))
+        return run_self_test(
+            sandbox=opts.sandbox, sandbox_db=opts.sandbox_db, log_level=opts.log_level, settings=opts.settings
+        )
 
     transport = args.transport or os.environ.get("DANUBE_MCP_TRANSPORT", "").strip() or "stdio"
     if transport not in TRANSPORTS:
-        print(f"danube-mcp: DANUBE_MCP_TRANSPORT must be one of {', '.join(TRANSPORTS)}", file=sys.stderr)
+        print(f"danube-mcp: DANUBE_MCP_TRANSPORT {TRANSPORT_PROBLEM}", file=sys.stderr)
         return 2
 
     import anyio
@@ -249,10 +213,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 print(f"danube-mcp: {exc}", file=sys.stderr)
                 return 2
+        listeners = None
+        if http_opts is not None:
+            from danube_mcp.transports.bind import bind_listeners
+
+            try:
+                listeners = bind_listeners(http_opts.host, http_opts.port)
+            except ConfigError as exc:
+                print(f"danube-mcp: {exc}", file=sys.stderr)
+                return 2
         backend = open_process_backend(opts)
         if backend is None:
             return 2
         if http_opts is None:
+            if _stdin_is_terminal():
+                print(TTY_NOTE, file=sys.stderr, flush=True)
             anyio.run(serve_stdio, opts, backend)
             # Only for the real command, and never under a profiler, debugger or coverage tool,
             # which write their results at interpreter exit.
@@ -261,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from danube_mcp.transports.http import serve_http
 
-        return serve_http(opts, http_opts, backend)
+        note = _http_key_note(opts, http_opts.require_client_key)
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        return serve_http(opts, http_opts, backend, listeners)
     except KeyboardInterrupt:
         return 130

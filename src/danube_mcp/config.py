@@ -49,7 +49,8 @@ def is_loopback_host(host: str) -> bool:
 
 
 def normalize_api_url(raw: str, var: str = "DANUBE_API_URL") -> str:
-    """Validate a Danube base URL and return it without trailing slashes."""
+    """Validate a Danube base URL (scheme, host, optional port, no path) and return it without
+    trailing slashes."""
     url = raw.strip()
     if not url:
         raise ConfigError(f"{var} is empty; leave it unset to use {DEFAULT_API_URL}")
@@ -69,6 +70,15 @@ def normalize_api_url(raw: str, var: str = "DANUBE_API_URL") -> str:
         raise ConfigError(
             f"{var} uses plain http:// for a non-loopback host; use https:// so the API key "
             "never crosses a network in clear text"
+        )
+    if parts.path.strip("/"):
+        # Refused rather than trimmed: a path here is almost always a pasted endpoint address
+        # (".../v1" or ".../v1/credentials/store"), and the server adds /v1/credentials/store
+        # itself, so every call would go to ".../v1/v1/..." and fail as an unknown service.
+        origin = f"{parts.scheme}://{parts.netloc}"
+        raise ConfigError(
+            f"{var} must be the API's base address without a path (the server adds "
+            f"/v1/credentials/store itself): set {var}={origin}"
         )
     return url.rstrip("/")
 

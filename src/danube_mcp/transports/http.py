@@ -533,7 +533,7 @@ def create_app(
 SHUTDOWN_GRACE: Final = 3.0
 
 
-def serve_http(run: Any, options: HttpOptions, backend: Backend) -> int:
+def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list[Any] | None = None) -> int:
     """Serve with uvicorn until SIGINT/SIGTERM; report the bound address on stderr.
 
     Graceful shutdown: on the first signal, new MCP requests get 503 while calls in flight have
@@ -546,6 +546,10 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend) -> int:
     import uvicorn
     from sse_starlette.sse import AppStatus
 
+    from danube_mcp.transports.bind import bind_listeners
+
+    if listeners is None:  # BindError (one line) before anything starts
+        listeners = bind_listeners(options.host, options.port)
     app = create_app(run.settings, options, backend=backend)
     # sse-starlette would end every open SSE response (and with it the answers of calls in
     # flight) on the first signal; the drain below decides when streams close instead.
@@ -595,7 +599,7 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend) -> int:
     async def main() -> None:
         server.loop = asyncio.get_running_loop()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve)
+            tg.start_soon(server.serve, listeners)
             while not server.started:
                 if server.should_exit:
                     return

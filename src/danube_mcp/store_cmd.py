@@ -273,6 +273,7 @@ def _run(argv: list[str], env: Mapping[str, str], stdin: IO[bytes] | None, rep: 
     SECRETS.add(key)
     rep.secrets = (key,) if key else ()
     backend = _open(settings, args.sandbox, sandbox_db)  # a bad sandbox database fails before the prompt
+    handed_over = False
     try:
         if args.value_stdin:
             stream = stdin if stdin is not None else sys.stdin.buffer
@@ -282,9 +283,11 @@ def _run(argv: list[str], env: Mapping[str, str], stdin: IO[bytes] | None, rep: 
         with SECRETS.holding(value):
             rep.secrets = (*rep.secrets, value)
             request = _check_arguments(args.service_id, args.credential_type, value)
+            handed_over = True  # _store closes it, in the same event loop as the call
             return _store(backend, request, settings.api_key_source, args.sandbox, rep)
     finally:
-        _close(backend)
+        if not handed_over:
+            _close(backend)
 
 
 def _check_arguments(service_id: str, credential_type: str, value: str | None) -> StoreRequest:
@@ -328,8 +331,11 @@ def _store(
     from danube_mcp.danube.errors import DanubeError
 
     async def call() -> StoreResult:
-        # strict_fields: a value typed by a person gets the full scrub in every field.
-        return await backend.client.store_credential(request, strict_fields=True)
+        try:
+            # strict_fields: a value typed by a person gets the full scrub in every field.
+            return await backend.client.store_credential(request, strict_fields=True)
+        finally:
+            await backend.aclose()
 
     try:
         result = anyio.run(call)

@@ -178,7 +178,10 @@ def assert_no_secret(*texts: bytes | str) -> None:
 
 def test_login_pending_twice_then_approved(home: Path) -> None:
     with DeviceServer([PENDING, PENDING, APPROVED], interval=0.2) as srv:
-        proc = run(["login", "--api-url", srv.url + "/", "--org", "org_42"], env_for(home))
+        proc = run(
+            ["login", "--api-url", srv.url + "/", "--org", "org_42"],
+            env_for(home, DANUBE_MCP_LOG_LEVEL="DEBUG"),  # the most talkative logs: still no secret
+        )
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
     assert proc.stdout == b""  # stdout stays empty: everything is said on stderr

@@ -183,6 +183,7 @@ def test_hidden_prompt_refuses_an_empty_value(tmp: Path, terminal: list[Terminal
     t = Terminal([SERVICE, "--type", "api_key", "--sandbox"], env_for(tmp))
     terminal.append(t)
     t.read_until(PROMPT)
+    assert b"API key for svc_openai_001 (typing is hidden)" in t.screen
     t.type(b"\r")
     code, stdout = t.finish()
     assert code == 2 and stdout == b""
@@ -411,3 +412,13 @@ def test_uses_the_key_stored_by_login(tmp: Path, upstream: FakeUpstream) -> None
     err = bad.stderr.decode()
     assert "danube-mcp login" in err and "credentials.json" in err
     assert_clean(bad.stdout, bad.stderr, key=stored_key)
+
+
+def test_dispatch_returns_exit_codes_for_help_and_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
+    from danube_mcp.commands import dispatch
+
+    assert dispatch("store", ["--help"]) == 0
+    assert "--value-stdin" in capsys.readouterr().out
+    assert dispatch("login", ["--nope"]) == 2
+    assert dispatch("frobnicate", []) == 2
+    assert "the commands are login, logout, store" in capsys.readouterr().err

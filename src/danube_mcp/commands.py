@@ -13,7 +13,18 @@ COMMANDS: Final = ("login", "logout", "store")
 
 
 def dispatch(name: str, argv: list[str]) -> int:
-    """Run one command and return its exit code (see each module for the codes)."""
+    """Run one command and return its exit code (see each module for the codes).
+
+    ``--help`` and argument errors end argparse with SystemExit; that becomes the return value too.
+    """
+    try:
+        return _run(name, argv)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+
+
+def _run(name: str, argv: list[str]) -> int:
     if name == "login":
         from danube_mcp.login import login_main
 

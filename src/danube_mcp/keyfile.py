@@ -231,10 +231,12 @@ def save(path: Path, *, api_key: str, api_url: str, org_id: str | None) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C included: never leave a half-written temporary file
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise KeyFileError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+        if isinstance(exc, OSError):
+            raise KeyFileError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+        raise
     if _POSIX:
         _fsync_folder(folder)
 

@@ -372,6 +372,12 @@ def login_main(argv: list[str], *, env: Mapping[str, str] | None = None, err: Te
     except keyfile.KeyFileError as exc:
         _say(out, f"{prog}: approved, but the key could not be saved: {exc}")
         return EXIT_FAILED
+    except Exception as exc:  # one line, never a traceback
+        import logging
+
+        logging.getLogger("danube_mcp").debug("login failed unexpectedly", exc_info=True)
+        _say(out, f"{prog}: unexpected error ({type(exc).__name__}); nothing was stored")
+        return EXIT_FAILED
     org_text = f" for organisation {org}" if org else ""
     _say(out, f"Logged in{org_text}. The API key is stored in {path} (readable only by you).")
     _say(out, "danube-mcp uses it whenever DANUBE_API_KEY is not set; 'danube-mcp logout' removes it.")

@@ -138,7 +138,8 @@ def read_value_from_terminal(service_id: str, credential_type: str) -> str:
                 "no terminal to ask on; pipe the value in with --value-stdin", kind="usage"
             ) from None
         os.close(fd)
-    prompt = f"{credential_label(credential_type).capitalize()} for {service_id} (typing is hidden): "
+    label = credential_label(credential_type)
+    prompt = f"{label[:1].upper()}{label[1:]} for {service_id} (typing is hidden): "
     with warnings.catch_warnings():
         # getpass falls back to an echoing read when it cannot hide input: refuse that instead.
         warnings.simplefilter("error", getpass.GetPassWarning)
@@ -244,6 +245,16 @@ def store_main(
             print(file=rep.err)
         rep.failure("cancelled; nothing was stored", "interrupted")
         return EXIT_INTERRUPTED
+    except Exception as exc:  # one line, never a traceback (its text could quote anything)
+        import logging
+
+        logging.getLogger("danube_mcp").debug("store failed unexpectedly", exc_info=True)
+        rep.failure(
+            f"unexpected error ({type(exc).__name__}); the credential may or may not have been stored, "
+            "and storing it again is safe",
+            "internal",
+        )
+        return EXIT_REFUSED
 
 
 def _run(argv: list[str], env: Mapping[str, str], stdin: IO[bytes] | None, rep: _Reporter) -> int:

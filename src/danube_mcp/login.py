@@ -331,7 +331,8 @@ def login_main(argv: list[str], *, env: Mapping[str, str] | None = None, err: Te
     if org is not None:
         org = org.strip()
         if not keyfile.valid_org(org):
-            _say(out, f"{prog}: --org must be 1 to 256 printable ASCII characters")
+            var = "--org" if args.org is not None else "DANUBE_ORG_ID"
+            _say(out, f"{prog}: {var} must be 1 to 256 printable ASCII characters")
             return EXIT_USAGE
     path = keyfile.credentials_path(env)
     if path is None:

@@ -261,8 +261,9 @@ def _run(argv: list[str], env: Mapping[str, str], stdin: IO[bytes] | None, rep: 
     from danube_mcp.config import ConfigError, load_settings
 
     args = build_parser().parse_args(argv)
-    rep.service_id, rep.credential_type = args.service_id.strip(), args.credential_type
+    rep.credential_type = args.credential_type
     _check_arguments(args.service_id, args.credential_type, None)  # before anyone types a secret
+    rep.service_id = args.service_id.strip()  # only once valid, as JSON output may quote it
     sandbox_db = args.sandbox_db or env.get("DANUBE_MCP_SANDBOX_DB") or None
     if args.sandbox_db and not args.sandbox:
         raise UsageError("--sandbox-db only makes sense with --sandbox")

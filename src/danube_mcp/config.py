@@ -128,6 +128,9 @@ class Settings:
     api_key: SecretStr | None = None
     # Why the key is missing, for the tool error ("not set", "empty", "placeholder").
     api_key_problem: str | None = "not set"
+    # Where the key came from, for the self-test and error messages: "DANUBE_API_KEY" or the
+    # file written by `danube-mcp login` (see keyfile.describe).
+    api_key_source: str | None = None
     org_id: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -194,7 +197,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     else:
         api_url = DEFAULT_API_URL
 
-    org_id: str | None = None
+    # No key in the environment: use the one `danube-mcp login` stored, with its URL and org.
+    key_source = "DANUBE_API_KEY" if api_key is not None else None
+    stored_org: str | None = None
+    if raw_key is None or not raw_key.strip():
+        from danube_mcp.keyfile import describe, stored_settings
+
+        url_set = env.get("DANUBE_API_URL") is not None or env.get("DANUBE_BASE_URL") is not None
+        stored, why = stored_settings(env, api_url if url_set else None)
+        if stored is not None:
+            api_key, problem, key_source = SecretStr(stored.api_key), None, describe(stored.path)
+            api_url, stored_org = stored.api_url, stored.org_id
+        elif why is not None:
+            problem = f"{problem}, and {why}"
+
+    org_id: str | None = stored_org
     raw_org = env.get("DANUBE_ORG_ID")
     if raw_org is not None and raw_org.strip():
         org_id = raw_org.strip()
@@ -217,6 +234,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_url=api_url,
         api_key=api_key,
         api_key_problem=problem,
+        api_key_source=key_source,
         org_id=org_id,
         timeout=timeout,
         max_retries=max_retries,

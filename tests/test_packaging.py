@@ -329,6 +329,23 @@ def test_dockerfile_rules() -> None:
 # The MCP Bundle
 
 
+def test_bundle_entry_point_refuses_another_python_in_one_line(tmp_path: Path) -> None:
+    sys.path.insert(0, str(PACKAGING))
+    try:
+        import build_mcpb
+    finally:
+        sys.path.remove(str(PACKAGING))
+    other = (3, sys.version_info[1] + 1)
+    main_py = tmp_path / "server" / "main.py"
+    main_py.parent.mkdir()
+    main_py.write_text(build_mcpb.MAIN_PY.format(major=other[0], minor=other[1]), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-I", str(main_py)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert f"built for Python 3.{other[1]} but the host started Python 3.{sys.version_info[1]}" in done.stderr
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mcpb") / f"danube-mcp-{__version__}.mcpb"
@@ -518,6 +535,15 @@ def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
     return done
 
 
+def podman_run_once(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``podman run ARGS`` in a named container that is removed afterwards, even on a client timeout."""
+    name = f"danube-mcp-test-{uuid.uuid4().hex[:8]}"
+    try:
+        return podman("run", "--name", name, *args, timeout=timeout, check=False)
+    finally:
+        podman("rm", "--force", "--time", "2", name, check=False)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -541,8 +567,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert wheels.returncode == 0, wheels.stderr[-2000:]
     (context / "stray.env").write_text(f"DANUBE_API_KEY={API_KEY_CANARY}\n")  # must not reach the image
     tag = f"localhost/danube-mcp:test-{uuid.uuid4().hex[:8]}"
-    podman("build", "--quiet", "--format", "docker", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-           "-t", tag, str(context), timeout=900)  # fmt: skip
+    # --layers=false: no cached intermediate images are left behind by each run.
+    podman("build", "--quiet", "--layers=false", "--format", "docker",
+           "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", tag, str(context), timeout=900)  # fmt: skip
     try:
         yield tag
     finally:
@@ -561,14 +588,15 @@ def test_image_metadata(image: str) -> None:
     assert API_KEY_CANARY not in json.dumps(info)
     # Only dist/wheelhouse reaches the builder: the stray file beside it is in no layer.
     script = f"find / -xdev -name stray.env; grep -rl {API_KEY_CANARY} /opt /etc /tmp /home 2>/dev/null; true"
-    found = podman("run", "--rm", "--entrypoint", "/bin/sh", image, "-c", script, timeout=120)
+    found = podman_run_once("--entrypoint", "/bin/sh", image, "-c", script)
+    assert found.returncode == 0, found.stderr[-2000:]
     assert found.stdout.strip() == ""
 
 
 @pytest.mark.container
 def test_image_refuses_a_public_bind_without_a_token(image: str) -> None:
-    done = podman("run", "--rm", "--read-only", "-e", "DANUBE_MCP_ALLOWED_HOSTS=localhost",
-                  "-e", f"DANUBE_API_KEY={API_KEY_CANARY}", image, check=False)  # fmt: skip
+    done = podman_run_once("--read-only", "-e", "DANUBE_MCP_ALLOWED_HOSTS=localhost",
+                           "-e", f"DANUBE_API_KEY={API_KEY_CANARY}", image)  # fmt: skip
     assert done.returncode == 2
     ours = [line for line in done.stderr.splitlines() if line.startswith("danube-mcp:")]
     assert len(ours) == 1 and "no access token" in ours[0], done.stderr

@@ -16,8 +16,11 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from mcp import ClientSession, StdioServerParameters
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
@@ -47,19 +50,39 @@ class Captured:
         return self.file.read()
 
 
+# The three ways an SDK 2.x client connects: discover then fall back, initialize only, 2026 only.
+MODES = ("auto", "legacy", "2026-07-28")
+
+
 @asynccontextmanager
 async def mcp_stdio(
-    env: dict[str, str], args: tuple[str, ...] = (), **session_kw: Any
-) -> AsyncIterator[tuple[ClientSession, Captured]]:
-    """An initialized SDK client session with ``python -m danube_mcp`` over stdio."""
+    env: dict[str, str], args: tuple[str, ...] = (), *, mode: str = "legacy", **client_kw: Any
+) -> AsyncIterator[tuple[Client, Captured]]:
+    """A connected SDK client with ``python -m danube_mcp`` over stdio."""
     err = Captured()
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "danube_mcp", *args], env=env, cwd=str(REPO)
     )
-    async with stdio_client(params, errlog=err.file) as (read, write):
-        async with ClientSession(read, write, **session_kw) as session:
-            await session.initialize()
-            yield session, err
+    async with Client(stdio_client(params, errlog=err.file), mode=mode, **client_kw) as client:
+        yield client, err
+
+
+@asynccontextmanager
+async def mcp_http(
+    url: str, *, mode: str = "legacy", headers: dict[str, str] | None = None, **client_kw: Any
+) -> AsyncIterator[Client]:
+    """A connected SDK client on streamable HTTP at ``url`` (…/mcp)."""
+    async with httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30, read=60)) as http:
+        transport = streamable_http_client(url, http_client=http)
+        async with Client(transport, mode=mode, **client_kw) as client:
+            yield client
+
+
+@asynccontextmanager
+async def mcp_sse(url: str, *, headers: dict[str, str] | None = None, **client_kw: Any) -> AsyncIterator[Client]:
+    """A connected SDK client on legacy SSE at ``url`` (…/sse); initialize era only."""
+    async with Client(sse_client(url, headers=headers), mode="legacy", **client_kw) as client:
+        yield client
 
 
 class RawStdio:
@@ -206,3 +229,15 @@ def http_server(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator[Htt
         server.stop()
         if server.proc.stdout:
             server.proc.stdout.close()
+
+
+MODERN = "2026-07-28"
+
+
+def modern_meta(capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The per-request ``_meta`` envelope of a 2026-07-28 request."""
+    return {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": capabilities or {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "0"},
+    }

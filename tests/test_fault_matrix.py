@@ -1029,15 +1029,15 @@ def run_case(ep: Endpoint, up: FakeUpstream, case: Case) -> None:
     text = result.content[0].text
 
     # The result class and a useful message.
-    assert result.isError is (case.outcome != "ok"), text
+    assert result.is_error is (case.outcome != "ok"), text
     assert case.gist in text, text
     if case.pattern:
         assert re.search(case.pattern, text), text
     if case.outcome == "ok":
-        assert result.structuredContent is not None and result.structuredContent["success"] is True
+        assert result.structured_content is not None and result.structured_content["success"] is True
         assert "store_credential: stored api_key" in log
     else:
-        assert result.structuredContent is None
+        assert result.structured_content is None
         assert f"store_credential failed: {case.outcome} after {attempts} attempt(s)" in log, log
 
     # Exactly as many upstream attempts as the policy allows, all within the budget.
@@ -1051,7 +1051,7 @@ def run_case(ep: Endpoint, up: FakeUpstream, case: Case) -> None:
 
     # And the server is still healthy: the next normal call succeeds on the first attempt.
     after, after_elapsed, _ = ep.call(ARGS)
-    assert after.isError is False, after
+    assert after.is_error is False, after
     assert len(up.requests) == 1
     assert after_elapsed < BUDGET
     assert_no_canary(after.model_dump_json() + ep.output_since(mark), f"{ep.name} output")

@@ -282,8 +282,8 @@ def check_result(args: dict[str, Any], result: types.CallToolResult, prefix: str
     outcome, req = expected_outcome(args)
     if outcome == "stored":
         assert req is not None
-        assert result.isError is False, text
-        sc = result.structuredContent
+        assert result.is_error is False, text
+        sc = result.structured_content
         assert sc is not None and sc["success"] is True
         service = lookup(CATALOG, req.service_id)
         assert service is not None
@@ -301,8 +301,8 @@ def check_result(args: dict[str, Any], result: types.CallToolResult, prefix: str
                 return "stored (mangled)"
             assert sc[name] == want
     else:
-        assert result.isError is True
-        assert result.structuredContent is None
+        assert result.is_error is True
+        assert result.structured_content is None
         if outcome == "invalid":
             assert text.startswith("Invalid arguments: "), text
         else:
@@ -438,7 +438,7 @@ def test_arbitrary_tool_names_get_a_clean_error(in_process: InProcess) -> None:
     def prop(name: str) -> None:
         EXAMPLES_RUN["in-process tool names"] += 1
         result = in_process.call(name, {"credential_value": CANARY})
-        assert result.isError is True
+        assert result.is_error is True
         assert result.content[0].text == "Unknown tool. This server has one tool: store_credential."  # type: ignore[union-attr]
         assert CANARY not in result.model_dump_json()
 
@@ -447,15 +447,15 @@ def test_arbitrary_tool_names_get_a_clean_error(in_process: InProcess) -> None:
     ok = in_process.call(
         TOOL_NAME, {"service_id": "svc_github_001", "credential_type": "api_key", "credential_value": CANARY}
     )
-    assert ok.isError is False
+    assert ok.is_error is False
 
 
 @pytest.mark.parametrize("value", ["s", "0", "OpenAI", "bearer", "svc_openai_001-personal-token"])
 def test_value_overlapping_a_returned_field_does_not_mangle_it(in_process: InProcess, value: str) -> None:
     args = {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": value}
     result = in_process.call(TOOL_NAME, args)
-    assert result.isError is False
-    assert result.structuredContent == {
+    assert result.is_error is False
+    assert result.structured_content == {
         "success": True,
         "service_id": "svc_openai_001",
         "service_name": "OpenAI",
@@ -493,7 +493,7 @@ def test_real_stdio_process_never_crashes(tmp_path: Path) -> None:
         portal.call(session.send_ping)
         good = {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": CANARY}
         final = call_tool(portal, session, TOOL_NAME, good)
-        assert final.isError is False
+        assert final.is_error is False
         stderr = err.text()
     assert outcomes["invalid"] > 0
     assert CANARY not in stderr

@@ -72,10 +72,10 @@ async def exercise(session: ClientSession) -> list[types.CallToolResult]:
     tools = await session.list_tools()
     assert [t.name for t in tools.tools] == ["store_credential"]
     ok = await session.call_tool("store_credential", ARGS)
-    assert ok.isError is False, ok
-    assert ok.structuredContent is not None and ok.structuredContent["success"] is True
+    assert ok.is_error is False, ok
+    assert ok.structured_content is not None and ok.structured_content["success"] is True
     bad = await session.call_tool("store_credential", {**ARGS, "credential_type": SECRET})
-    assert bad.isError is True and "credential_type" in bad.content[0].text  # type: ignore[union-attr]
+    assert bad.is_error is True and "credential_type" in bad.content[0].text  # type: ignore[union-attr]
     return [ok, bad]
 
 
@@ -91,7 +91,7 @@ async def test_streamable_http_modes(upstream: FakeUpstream, flags: tuple[str, .
         upstream.set_default(lambda req: Reply(status=404, echo_body=True))
         async with streamable(srv.url) as session:
             failed = await session.call_tool("store_credential", ARGS)
-        assert failed.isError is True and "HTTP 404" in failed.content[0].text  # type: ignore[union-attr]
+        assert failed.is_error is True and "HTTP 404" in failed.content[0].text  # type: ignore[union-attr]
         assert_clean(srv, *(r.model_dump_json() for r in [*results, failed]))
     assert upstream.requests[0].headers["danube-api-key"] == SERVER_KEY
 
@@ -146,9 +146,9 @@ async def test_require_client_key_refuses_calls_without_one(upstream: FakeUpstre
                 json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                 headers={"accept": ACCEPT},
             )
-    assert refused.isError is True and "danube-api-key" in refused.content[0].text  # type: ignore[union-attr]
-    assert placeholder.isError is True and "placeholder" in placeholder.content[0].text  # type: ignore[union-attr]
-    assert ok.isError is False
+    assert refused.is_error is True and "danube-api-key" in refused.content[0].text  # type: ignore[union-attr]
+    assert placeholder.is_error is True and "placeholder" in placeholder.content[0].text  # type: ignore[union-attr]
+    assert ok.is_error is False
     assert query.status_code in (400, 404)  # no session: a key in the query string is never used
     assert [r.headers["danube-api-key"] for r in upstream.requests] == [KEY_A]
 
@@ -268,7 +268,7 @@ async def test_calls_overlap_instead_of_serialising(upstream: FakeUpstream) -> N
             async with anyio.create_task_group() as tg:
                 for i in range(32):
                     tg.start_soon(one, i)
-    assert len(results) == 32 and not any(r.isError for r in results)
+    assert len(results) == 32 and not any(r.is_error for r in results)
     assert upstream.max_in_flight == 32
 
 
@@ -371,7 +371,7 @@ async def test_under_uvicorn_with_two_workers(upstream: FakeUpstream, two_worker
     async def one(i: int) -> None:
         async with streamable(two_workers, {"authorization": f"Bearer {TOKEN}"}) as session:
             r = await session.call_tool("store_credential", {**ARGS, "service_id": f"w{i}"})
-            assert r.isError is False
+            assert r.is_error is False
 
     async with anyio.create_task_group() as tg:
         for i in range(16):

@@ -141,12 +141,12 @@ async def assert_serving(s: Served) -> None:
         tools = await session.list_tools()
         assert [t.name for t in tools.tools] == ["store_credential"]
         ok = await session.call_tool("store_credential", GOOD_ARGS)
-        assert ok.isError is False, ok
+        assert ok.is_error is False, ok
         assert CANARY not in ok.model_dump_json()
     async with sse_client(f"{s.url}/sse") as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         ok = await session.call_tool("store_credential", {**GOOD_ARGS, "service_id": "svc_github_001"})
-        assert ok.isError is False, ok
+        assert ok.is_error is False, ok
     async with httpx2.AsyncClient() as hc:
         assert (await hc.get(f"{s.url}/healthz")).json() == {"status": "ok"}
     assert_stderr_clean(s)

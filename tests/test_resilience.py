@@ -284,7 +284,7 @@ async def fresh_call_succeeds(url: str) -> None:
     ):
         await session.initialize()
         result = await session.call_tool("store_credential", ARGS)
-    assert result.isError is False, result
+    assert result.is_error is False, result
     async with httpx2.AsyncClient(timeout=10) as hc:
         assert (await hc.get(f"{url}/healthz")).status_code == 200
 

@@ -62,17 +62,17 @@ async def test_stdio_against_sandbox_process(sandbox: Any) -> None:
             "store_credential",
             {"service_id": "svc_nope_404", "credential_type": "bearer", "credential_value": SECRET},
         )
-    assert ok.isError is False
-    assert ok.structuredContent == {
+    assert ok.is_error is False
+    assert ok.structured_content == {
         "success": True,
         "service_id": "svc_openai_001",
         "service_name": "OpenAI",
         "credential_type": "bearer",
         "stored_as": "value",
     }
-    assert ref.structuredContent is not None and ref.structuredContent["stored_as"] == "reference"
+    assert ref.structured_content is not None and ref.structured_content["stored_as"] == "reference"
     assert "reference" in ref.content[0].text  # type: ignore[union-attr]
-    assert missing.isError is True and "HTTP 404" in missing.content[0].text  # type: ignore[union-attr]
+    assert missing.is_error is True and "HTTP 404" in missing.content[0].text  # type: ignore[union-attr]
     listing = stored(sandbox.url, KEY_1)
     assert listing["svc_openai_001"]["credential_type"] == "bearer"
     assert listing["svc_github_001"]["stored_as"] == "reference"
@@ -93,7 +93,7 @@ async def test_http_against_sandbox_process_keeps_callers_apart(sandbox: Any) ->
                 "store_credential",
                 {"service_id": "svc_anthropic_001", "credential_type": "api_key", "credential_value": SECRET},
             )
-        assert result.isError is False
+        assert result.is_error is False
         assert "svc_anthropic_001" in stored(sandbox.url, KEY_2)
         assert "svc_anthropic_001" not in stored(sandbox.url, KEY_1)
         assert SECRET not in srv.err.text() and KEY_2 not in srv.err.text()
@@ -107,9 +107,9 @@ async def test_in_process_sandbox_marks_results(tmp_path: Path) -> None:
             "store_credential",
             {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": SECRET},
         )
-    assert result.isError is False
+    assert result.is_error is False
     assert result.content[0].text.startswith("[SANDBOX")  # type: ignore[union-attr]
-    assert result.structuredContent is not None and result.structuredContent["sandbox"] is True
+    assert result.structured_content is not None and result.structured_content["sandbox"] is True
     assert "SANDBOX MODE" in err.text()
     assert SECRET not in err.text()
     db = (tmp_path / "s.db").read_bytes()

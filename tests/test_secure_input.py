@@ -147,8 +147,8 @@ tg_holder: dict[str, Any] = {}
 async def test_schema_makes_the_value_optional(tmp_path: Path) -> None:
     async with stdio_session(tmp_path, None, [], Tap()) as (session, _):
         tool = (await session.list_tools()).tools[0]
-    assert tool.inputSchema["required"] == ["service_id", "credential_type"]
-    assert "credential_value" in tool.inputSchema["properties"]
+    assert tool.input_schema["required"] == ["service_id", "credential_type"]
+    assert "credential_value" in tool.input_schema["properties"]
     assert "omit credential_value" in (tool.description or "")
 
 
@@ -169,8 +169,8 @@ async def test_value_entered_on_the_page_is_stored_and_never_in_mcp(tmp_path: Pa
             async with httpx2.AsyncClient() as hc:
                 view_again = await hc.get(seen[0].url)
             stderr = err.text()
-    assert result.isError is False, result
-    assert result.structuredContent is not None and result.structuredContent["service_id"] == SERVICE
+    assert result.is_error is False, result
+    assert result.structured_content is not None and result.structured_content["service_id"] == SERVICE
     assert seen[0].url.startswith("http://127.0.0.1:") and "/secure-input/" in seen[0].url
     assert seen[0].elicitationId
     page = pages[0]
@@ -199,7 +199,7 @@ async def test_decline_and_cancel_store_nothing(tmp_path: Path, action: str) -> 
         result = await session.call_tool("store_credential", ARGS)
         late = await submit(seen[0].url)
     verb = "declined" if action == "decline" else "cancelled"
-    assert result.isError is True and verb in result.content[0].text  # type: ignore[union-attr]
+    assert result.is_error is True and verb in result.content[0].text  # type: ignore[union-attr]
     assert "Nothing was stored" in result.content[0].text  # type: ignore[union-attr]
     assert late.status_code == 410
     assert stored_value(tmp_path / "s.db") is None
@@ -214,7 +214,7 @@ async def test_expiry_ends_the_call_cleanly(tmp_path: Path) -> None:
     async with stdio_session(tmp_path, handler, seen, Tap(), DANUBE_MCP_SECURE_INPUT_TTL="1") as (session, _):
         result = await session.call_tool("store_credential", ARGS)
         late = await submit(seen[0].url)
-    assert result.isError is True and "expired" in result.content[0].text  # type: ignore[union-attr]
+    assert result.is_error is True and "expired" in result.content[0].text  # type: ignore[union-attr]
     assert late.status_code == 410
     assert stored_value(tmp_path / "s.db") is None
 
@@ -247,7 +247,7 @@ async def test_foreign_origin_and_bad_input_are_refused_then_a_good_submit_works
     assert outcomes["good"].status_code == 200
     for response in outcomes.values():
         assert VALUE not in response.text
-    assert result.isError is False
+    assert result.is_error is False
     assert stored_value(tmp_path / "s.db") == VALUE
 
 
@@ -255,9 +255,9 @@ async def test_client_without_url_elicitation_gets_a_clear_error(tmp_path: Path)
     async with stdio_session(tmp_path, None, [], Tap()) as (session, _):
         result = await session.call_tool("store_credential", ARGS)
         with_value = await session.call_tool("store_credential", {**ARGS, "credential_value": VALUE})
-    assert result.isError is True
+    assert result.is_error is True
     assert "does not support secure input" in result.content[0].text  # type: ignore[union-attr]
-    assert with_value.isError is False  # passing the value still works
+    assert with_value.is_error is False  # passing the value still works
 
 
 @asynccontextmanager
@@ -286,7 +286,7 @@ async def test_over_streamable_http_the_page_is_served_by_the_app(tmp_path: Path
             async with http_session(srv.url, accepting_and_submitting(pages, posts), seen) as session:
                 result = await session.call_tool("store_credential", ARGS)
         stderr = srv.err.text()
-    assert result.isError is False, result
+    assert result.is_error is False, result
     assert seen[0].url.startswith(srv.url + "/secure-input/")
     assert pages[0].status_code == 200 and posts[0].status_code == 200  # no bearer token needed
     assert stored_value(tmp_path / "s.db") == VALUE
@@ -311,7 +311,7 @@ async def test_stateless_http_cannot_elicit_and_says_so(tmp_path: Path) -> None:
     with http_server(env, (*args, "--secure-input")) as srv:
         async with http_session(srv.url, handler, seen) as session:
             result = await session.call_tool("store_credential", ARGS)
-    assert result.isError is True and "cannot open a secure input page" in result.content[0].text  # type: ignore[union-attr]
+    assert result.is_error is True and "cannot open a secure input page" in result.content[0].text  # type: ignore[union-attr]
     assert seen == []
     assert stored_value(tmp_path / "s.db") is None
 

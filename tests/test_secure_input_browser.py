@@ -80,7 +80,7 @@ async def test_the_page_in_headless_chromium(tmp_path: Path) -> None:
         finally:
             await browser.close()
 
-    assert result.isError is False, result
+    assert result.is_error is False, result
     assert facts["type"] == "password"
     assert "Enter credential" in facts["title"]
     assert "stored" in facts["result"].lower() and VALUE not in facts["result"]

@@ -67,7 +67,7 @@ async def test_tools_list_schema_is_exact() -> None:
     assert [t.name for t in tools] == [TOOL_NAME]
     tool = tools[0]
     assert tool.title == "Store credential"
-    schema = tool.inputSchema
+    schema = tool.input_schema
     assert schema["type"] == "object"
     assert schema["required"] == ["service_id", "credential_type", "credential_value"]
     assert schema["additionalProperties"] is False
@@ -84,11 +84,11 @@ async def test_tools_list_schema_is_exact() -> None:
     assert value["writeOnly"] is True
     assert value["format"] == "password"
     assert value["maxLength"] == MAX_CREDENTIAL_VALUE
-    assert tool.outputSchema is not None
-    assert tool.outputSchema["required"] == ["success", "service_id", "service_name", "credential_type"]
+    assert tool.output_schema is not None
+    assert tool.output_schema["required"] == ["success", "service_id", "service_name", "credential_type"]
     ann = tool.annotations
     assert ann is not None
-    assert (ann.readOnlyHint, ann.destructiveHint, ann.idempotentHint, ann.openWorldHint) == (
+    assert (ann.read_only_hint, ann.destructive_hint, ann.idempotent_hint, ann.open_world_hint) == (
         False,
         True,
         True,
@@ -102,8 +102,8 @@ async def test_tools_list_schema_is_exact() -> None:
 async def test_success_structured_and_text() -> None:
     async with session() as s:
         result = await s.call_tool(TOOL_NAME, GOOD)
-    assert result.isError is False
-    assert result.structuredContent == {
+    assert result.is_error is False
+    assert result.structured_content == {
         "success": True,
         "service_id": "svc_openai_001",
         "service_name": "OpenAI",
@@ -120,7 +120,7 @@ async def test_sandbox_marks_every_result() -> None:
         ok = await s.call_tool(TOOL_NAME, GOOD)
         bad = await s.call_tool(TOOL_NAME, {})
     assert ok.content[0].text.startswith(SANDBOX_PREFIX)  # type: ignore[union-attr]
-    assert ok.structuredContent is not None and ok.structuredContent["sandbox"] is True
+    assert ok.structured_content is not None and ok.structured_content["sandbox"] is True
     assert bad.content[0].text.startswith(SANDBOX_PREFIX)  # type: ignore[union-attr]
 
 
@@ -158,20 +158,20 @@ async def test_bad_arguments_are_named_never_echoed(arguments: dict[str, Any], e
         result = await s.call_tool(TOOL_NAME, arguments)
         # The server keeps serving after every bad call.
         again = await s.call_tool(TOOL_NAME, GOOD)
-    assert result.isError is True
+    assert result.is_error is True
     text = result.content[0].text  # type: ignore[union-attr]
     assert text.startswith("Invalid arguments: ")
     for fragment in expected:
         assert fragment in text
     assert SECRET not in text and SECRET[:12] not in text
-    assert again.isError is False
+    assert again.is_error is False
     assert len(calls) == 1  # only the good call reached Danube
 
 
 async def test_unknown_tool_is_a_clean_error() -> None:
     async with session() as s:
         result = await s.call_tool(SECRET, GOOD)
-    assert result.isError is True
+    assert result.is_error is True
     assert "store_credential" in result.content[0].text  # type: ignore[union-attr]
     assert_no_secret(result)
 
@@ -180,7 +180,7 @@ async def test_missing_key_says_how_to_set_it() -> None:
     async with session(api_key=None, api_key_problem="an unsubstituted placeholder") as s:
         result = await s.call_tool(TOOL_NAME, GOOD)
     text = result.content[0].text  # type: ignore[union-attr]
-    assert result.isError is True
+    assert result.is_error is True
     assert "DANUBE_API_KEY" in text and "placeholder" in text and "restart" in text
 
 
@@ -219,8 +219,8 @@ async def test_upstream_failures_become_actionable_tool_errors(
 ) -> None:
     async with session(status_handler(status, body)) as s:
         result = await s.call_tool(TOOL_NAME, GOOD)
-    assert result.isError is True
-    assert result.structuredContent is None
+    assert result.is_error is True
+    assert result.structured_content is None
     text = result.content[0].text  # type: ignore[union-attr]
     assert fragment in text
     assert advice in text
@@ -233,7 +233,7 @@ async def test_connection_failure_is_a_tool_error() -> None:
 
     async with session(handler) as s:
         result = await s.call_tool(TOOL_NAME, GOOD)
-    assert result.isError is True
+    assert result.is_error is True
     assert "Could not reach Danube" in result.content[0].text  # type: ignore[union-attr]
 
 
@@ -244,10 +244,10 @@ async def test_unexpected_exception_is_contained() -> None:
     async with session(handler) as s:
         result = await s.call_tool(TOOL_NAME, GOOD)
         again = await s.call_tool(TOOL_NAME, GOOD)
-    assert result.isError is True
+    assert result.is_error is True
     assert "Internal error" in result.content[0].text  # type: ignore[union-attr]
     assert_no_secret(result)
-    assert again.isError is True  # same handler, still serving
+    assert again.is_error is True  # same handler, still serving
 
 
 async def test_per_caller_key_and_require_client_key() -> None:
@@ -258,11 +258,11 @@ async def test_per_caller_key_and_require_client_key() -> None:
         return ok_handler(request)
 
     async with session(handler, caller_key=lambda req: "caller-key") as s:
-        assert (await s.call_tool(TOOL_NAME, GOOD)).isError is False
+        assert (await s.call_tool(TOOL_NAME, GOOD)).is_error is False
     async with session(handler, caller_key=lambda req: None) as s:
-        assert (await s.call_tool(TOOL_NAME, GOOD)).isError is False
+        assert (await s.call_tool(TOOL_NAME, GOOD)).is_error is False
     async with session(handler, caller_key=lambda req: None, require_client_key=True) as s:
         refused = await s.call_tool(TOOL_NAME, GOOD)
     assert seen == ["caller-key", API_KEY]
-    assert refused.isError is True
+    assert refused.is_error is True
     assert "danube-api-key" in refused.content[0].text  # type: ignore[union-attr]

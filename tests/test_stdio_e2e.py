@@ -35,8 +35,8 @@ async def test_store_over_stdio_sends_exactly_the_documented_request(upstream: F
         tools = await session.list_tools()
         result = await session.call_tool("store_credential", ARGS)
     assert [t.name for t in tools.tools] == ["store_credential"]
-    assert result.isError is False
-    assert result.structuredContent == {
+    assert result.is_error is False
+    assert result.structured_content == {
         "success": True,
         "service_id": "svc_openai_001",
         "service_name": "Service svc_openai_001",
@@ -78,11 +78,11 @@ async def test_failures_over_stdio_leak_nothing(
         result = await session.call_tool("store_credential", ARGS)
         upstream.set_default(lambda req: Reply())
         after = await session.call_tool("store_credential", ARGS)
-    assert result.isError is True
+    assert result.is_error is True
     text = result.content[0].text  # type: ignore[union-attr]
     assert fragment in text
     assert len(upstream.requests) == attempts + 1
-    assert after.isError is False
+    assert after.is_error is False
     everything = result.model_dump_json() + err.text()
     for canary in CANARIES:
         assert canary not in everything

@@ -145,9 +145,6 @@ def resolve(args: argparse.Namespace, tls: TrustRoots | None = None) -> RunOptio
 
 
 async def serve_stdio(opts: RunOptions, backend: Backend) -> None:
-    from danube_mcp._lightimport import import_mcp_lightly
-
-    import_mcp_lightly()
     from danube_mcp.secure_input import SecureInputBroker
     from danube_mcp.tool.handler import build_server
     from danube_mcp.transports.stdio import claim_stdout, stdio_transport
@@ -155,7 +152,7 @@ async def serve_stdio(opts: RunOptions, backend: Backend) -> None:
     protocol_out = claim_stdout()
     broker = SecureInputBroker(ttl=opts.settings.secure_input_ttl) if opts.secure_input else None
     try:
-        server = build_server(
+        server, _ = build_server(
             backend.client,
             sandbox=backend.sandbox,
             api_key_problem=backend.api_key_problem,
@@ -248,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from danube_mcp.transports.http_options import HttpOptions
 
             try:
-                http_opts = HttpOptions.resolve(args, transport, opts.settings)
+                http_opts = HttpOptions.resolve(args, transport, opts.settings, sandbox=opts.sandbox)
             except ConfigError as exc:
                 print(f"danube-mcp: {exc}", file=sys.stderr)
                 return 2

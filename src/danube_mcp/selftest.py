@@ -51,8 +51,8 @@ async def _run(sandbox: bool, sandbox_db: str | None, log_level: str, out: list[
                     ClientSession(read, write) as session,
                 ):
                     init = await session.initialize()
-                    out.append(f"server:            {init.serverInfo.name} {init.serverInfo.version}")
-                    out.append(f"protocol version:  {init.protocolVersion}")
+                    out.append(f"server:            {init.server_info.name} {init.server_info.version}")
+                    out.append(f"protocol version:  {init.protocol_version}")
                     tools = (await session.list_tools()).tools
                     found = any(t.name == "store_credential" for t in tools)
                     out.append(f"tool:              store_credential {'found' if found else 'MISSING'}")
@@ -60,12 +60,12 @@ async def _run(sandbox: bool, sandbox_db: str | None, log_level: str, out: list[
                     if sandbox and found:
                         result = await session.call_tool("store_credential", DEMO_ARGUMENTS)
                         text = result.content[0].text if result.content else ""  # type: ignore[union-attr]
-                        if result.isError:
+                        if result.is_error:
                             out.append(f"demo store:        FAILED: {text}")
                             ok = False
                         else:
                             out.append(f"demo store:        {text}")
-                            out.append(f"structured result: {_format(result.structuredContent)}")
+                            out.append(f"structured result: {_format(result.structured_content)}")
         except Exception as exc:  # report, never a traceback
             out.append(f"self-test failed: could not talk to the server ({type(exc).__name__})")
             errlog.seek(0)

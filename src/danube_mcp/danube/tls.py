@@ -2,7 +2,9 @@
 
 Loading the CA bundle takes 25-60 ms, about a tenth of a cold start. OpenSSL releases the GIL
 while it parses the bundle, so a thread started before the heavy imports finishes it for free on
-the second core; the first call then finds it ready. Same trust roots as httpx2's default.
+the second core; the first call then finds it ready. Same trust roots as httpx2's default: the
+operating system's store (through truststore), or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set,
+which corporate TLS-intercepting proxies need.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ class TrustRoots:
 
     def _load(self) -> None:
         try:
-            import certifi
+            import httpx2
 
-            self._context = ssl.create_default_context(cafile=certifi.where())
+            self._context = httpx2.create_ssl_context()
         except BaseException as exc:  # re-raised to the caller of context()
             self._error = exc
 

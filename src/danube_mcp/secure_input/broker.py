@@ -30,9 +30,9 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 from anyio.abc import TaskGroup
 
-from danube_mcp.transports.asgi import Receive, Scope, Send, header, read_body
 from danube_mcp.logs import SECRETS
 from danube_mcp.tool.schema import ArgumentError, StoreRequest, credential_label, parse_arguments
+from danube_mcp.transports.asgi import Receive, Scope, Send, header, read_body
 
 logger = logging.getLogger("danube_mcp.secure_input")
 

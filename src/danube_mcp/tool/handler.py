@@ -20,14 +20,17 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
-from mcp import types
+import mcp_types as types
+from mcp.server.caching import CacheHint
 from mcp.server.lowlevel import Server
-from mcp.shared.exceptions import McpError
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from danube_mcp import __version__
 from danube_mcp.danube.client import DanubeClient
 from danube_mcp.danube.errors import DanubeError, MissingApiKey
 from danube_mcp.logs import SECRETS
+from danube_mcp.secure_input import SecureInputBroker
 from danube_mcp.tool.schema import (
     OUTPUT_SCHEMA,
     ArgumentError,
@@ -37,7 +40,6 @@ from danube_mcp.tool.schema import (
     input_schema,
     parse_arguments,
 )
-from danube_mcp.secure_input import SecureInputBroker
 
 logger = logging.getLogger("danube_mcp.tool.handler")
 
@@ -87,22 +89,25 @@ def build_tool(*, secure_input: bool = False) -> types.Tool:
         name=TOOL_NAME,
         title="Store credential",
         description=TOOL_DESCRIPTION + (SECURE_INPUT_NOTE if secure_input else ""),
-        inputSchema=input_schema(value_optional=secure_input),
-        outputSchema=OUTPUT_SCHEMA,
+        input_schema=input_schema(value_optional=secure_input),
+        output_schema=OUTPUT_SCHEMA,
         annotations=types.ToolAnnotations(
             title="Store credential",
-            readOnlyHint=False,
-            destructiveHint=True,
-            idempotentHint=True,
-            openWorldHint=True,
+            read_only_hint=False,
+            destructive_hint=True,
+            idempotent_hint=True,
+            open_world_hint=True,
         ),
     )
 
 
-def error_result(text: str) -> types.ServerResult:
-    return types.ServerResult(
-        types.CallToolResult(content=[types.TextContent(type="text", text=text)], isError=True)
-    )
+def error_result(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def is_modern(ctx: Any) -> bool:
+    """True when the request speaks 2026-07-28 (per-request ``_meta``, no back-channel)."""
+    return getattr(ctx, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
 
 
 def summary_text(result: StoreResult) -> str:
@@ -160,7 +165,7 @@ class StoreCredentialTool:
         for scope in list(self._scopes):
             scope.cancel()
 
-    def _error(self, text: str) -> types.ServerResult:
+    def _error(self, text: str) -> types.CallToolResult:
         return error_result(self._prefix + text)
 
     def _missing_key_message(self) -> str:
@@ -172,7 +177,7 @@ class StoreCredentialTool:
         problem = self.api_key_problem or "not set"
         return f"No Danube API key is configured: DANUBE_API_KEY is {problem}. {MISSING_KEY_HELP}"
 
-    async def __call__(self, params: types.CallToolRequestParams, ctx: Any = None) -> types.ServerResult:
+    async def __call__(self, params: types.CallToolRequestParams, ctx: Any = None) -> types.CallToolResult:
         """Handle one call. ``ctx`` is the SDK's request context (session, request id, HTTP request)."""
         scope = anyio.CancelScope()
         self._scopes.add(scope)
@@ -191,7 +196,7 @@ class StoreCredentialTool:
             if self.in_flight == 0 and self._idle is not None:
                 self._idle.set()
 
-    async def _call(self, params: types.CallToolRequestParams, ctx: Any) -> types.ServerResult:
+    async def _call(self, params: types.CallToolRequestParams, ctx: Any) -> types.CallToolResult:
         if params.name != TOOL_NAME:
             return self._error(f"Unknown tool. This server has one tool: {TOOL_NAME}.")
         try:
@@ -218,7 +223,7 @@ class StoreCredentialTool:
 
     async def _store(
         self, store: StoreRequest, key: str | None, *, strict_fields: bool = False
-    ) -> tuple[types.ServerResult, str | None]:
+    ) -> tuple[types.CallToolResult, str | None]:
         """Store, and return the result with (for error results) its text."""
         try:
             with SECRETS.holding(store.credential_value, key):
@@ -237,12 +242,10 @@ class StoreCredentialTool:
             # model_construct: every field is built here from checked values, so pydantic's
             # validation (three models per call) would only repeat work on the hot path.
             return (
-                types.ServerResult.model_construct(
-                    root=types.CallToolResult.model_construct(
-                        content=[types.TextContent.model_construct(type="text", text=summary)],
-                        structuredContent=result.structured(sandbox=self.sandbox),
-                        isError=False,
-                    )
+                types.CallToolResult.model_construct(
+                    content=[types.TextContent.model_construct(type="text", text=summary)],
+                    structured_content=result.structured(sandbox=self.sandbox),
+                    is_error=False,
                 ),
                 None,
             )
@@ -250,10 +253,15 @@ class StoreCredentialTool:
 
     async def _store_with_secure_input(
         self, store: StoreRequest, key: str | None, ctx: Any
-    ) -> types.ServerResult:
+    ) -> types.CallToolResult:
         """No value given: ask the user for it on a one-time page (URL-mode elicitation)."""
         broker = self.secure_input
         assert broker is not None
+        if is_modern(ctx):
+            return self._error(
+                "credential_value is required: secure input is not available to this MCP client yet. "
+                "Ask the user for the credential, confirm, and pass it as credential_value."
+            )
         if not self.elicitation_possible or ctx is None:
             return self._error(
                 "credential_value is required: this server's transport (stateless or JSON-response "
@@ -261,7 +269,7 @@ class StoreCredentialTool:
                 "as credential_value, or connect over stdio, SSE or stateful streamable HTTP."
             )
         session = ctx.session
-        caps = session.client_params.capabilities if session.client_params else None
+        caps = session.client_capabilities
         if not (caps and caps.elicitation and caps.elicitation.url is not None):
             return self._error(
                 "credential_value is required: this MCP client does not support secure input "
@@ -315,7 +323,7 @@ class StoreCredentialTool:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await session.send_elicit_complete(entry.elicitation_id, related_request_id=ctx.request_id)
             return result
-        except McpError:
+        except MCPError:
             return self._error(
                 "The MCP client could not open the secure input page. Ask the user for the credential "
                 "and pass it as credential_value."
@@ -330,6 +338,11 @@ class StoreCredentialTool:
             )
 
 
+# How long a client may cache the tool list and the discovery answer. Both are fixed for the life
+# of the process and the same for every caller.
+LIST_TTL_MS: Final = 10 * 60 * 1000
+
+
 def build_server(
     client: DanubeClient,
     *,
@@ -339,15 +352,13 @@ def build_server(
     require_client_key: bool = False,
     secure_input: SecureInputBroker | None = None,
     elicitation_possible: bool = True,
-) -> Server[Any, Any]:
-    """The MCP server with its one tool, talking to Danube through ``client``.
+) -> tuple[Server[Any], StoreCredentialTool]:
+    """The MCP server with its one tool, talking to Danube through ``client``, and the tool.
 
-    With ``secure_input``, ``credential_value`` becomes optional: when it is omitted the user enters
-    it on a one-time page (URL-mode elicitation) instead of in the chat.
+    The server speaks every revision the SDK does: ``initialize``-era connections and 2026-07-28
+    requests (per-request ``_meta``, ``server/discover``). With ``secure_input``,
+    ``credential_value`` becomes optional: when it is omitted the user enters it on a one-time page.
     """
-    server: Server[Any, Any] = Server(
-        "danube-mcp", version=__version__, instructions=INSTRUCTIONS, website_url=None
-    )
     tool = StoreCredentialTool(
         client,
         sandbox=sandbox,
@@ -357,21 +368,22 @@ def build_server(
         secure_input=secure_input,
         elicitation_possible=elicitation_possible,
     )
-    tools_result = types.ServerResult(
-        types.ListToolsResult(tools=[build_tool(secure_input=secure_input is not None)])
+    tools = [build_tool(secure_input=secure_input is not None)]
+
+    async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        return await tool(params, ctx)
+
+    hint = CacheHint(ttl_ms=LIST_TTL_MS, scope="public")
+    server: Server[Any] = Server(
+        "danube-mcp",
+        version=__version__,
+        title="Danube credential store",
+        instructions=INSTRUCTIONS,
+        cache_hints={"tools/list": hint, "server/discover": hint},
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
     )
-
-    async def list_tools(_: types.ListToolsRequest | None) -> types.ServerResult:
-        return tools_result
-
-    async def call_tool(req: types.CallToolRequest) -> types.ServerResult:
-        try:
-            ctx = server.request_context
-        except LookupError:
-            ctx = None
-        return await tool(req.params, ctx)
-
-    server.request_handlers[types.ListToolsRequest] = list_tools
-    server.request_handlers[types.CallToolRequest] = call_tool
-    server.tool = tool  # type: ignore[attr-defined]
-    return server
+    return server, tool

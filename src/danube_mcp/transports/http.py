@@ -17,28 +17,36 @@ Run it with ``danube-mcp --transport ...`` or under any ASGI server through the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.runner import serve_loop
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
-from danube_mcp.transports.asgi import Message, Receive, Scope, Send, header, read_body
 from danube_mcp.backend import Backend, open_backend
 from danube_mcp.config import ConfigError, Settings, is_placeholder, load_settings
-from danube_mcp.transports.http_options import Allowlist, HttpOptions, env_bool
 from danube_mcp.jsonutil import loads_strict
 from danube_mcp.logs import SECRETS
 from danube_mcp.secure_input import PATH_PREFIX as SECURE_INPUT_PREFIX
 from danube_mcp.secure_input import SecureInputBroker
 from danube_mcp.tool.handler import CallerKeyError, build_server
+from danube_mcp.transports.asgi import Message, Receive, Scope, Send, header, read_body
+from danube_mcp.transports.http_options import Allowlist, HttpOptions, env_bool
+from danube_mcp.transports.sessions import SessionLimits
 
 logger = logging.getLogger("danube_mcp.transports.http")
 
@@ -47,8 +55,12 @@ MCP_PATH: Final = "/mcp"
 SSE_PATH: Final = "/sse"
 MESSAGES_PATH: Final = "/messages/"
 HEALTH_PATH: Final = "/healthz"
-MAX_BODY_BYTES: Final = 1024 * 1024
+# A tools/call carries at most a 16 KiB value and a short service id: 64 KiB is four times what
+# any valid request needs, and small enough that parsing it never holds the event loop.
+MAX_BODY_BYTES: Final = 64 * 1024
 CLIENT_KEY_HEADER: Final = "danube-api-key"
+PROTOCOL_VERSION_META: Final = "io.modelcontextprotocol/protocolVersion"
+HEADER_MISMATCH: Final = -32020
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,29 +108,20 @@ def _opens_session(scope: Scope, path: str) -> bool:
     return False
 
 
-def _json_ok(body: bytes) -> bool:
-    """Strict UTF-8 JSON with sane nesting (an empty body is left to the SDK to refuse)."""
-    if not body.strip():
-        return True
-    try:
-        loads_strict(body)
-    except ValueError:
-        return False
-    return True
-
-
 _SESSION_ID = re.compile(
     rb"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 )
 
 
 def _session_param_ok(scope: Scope) -> bool:
-    """True if the ``session_id`` query parameter is absent or looks like a UUID."""
-    for part in scope.get("query_string", b"").split(b"&"):
-        name, _, value = part.partition(b"=")
-        if name == b"session_id":
-            return _SESSION_ID.match(value) is not None
-    return True
+    """True if the query names exactly one ``session_id``, shaped like a UUID.
+
+    Decoded the way Starlette decodes it for the SDK (percent-escapes, ``+``, repeated names), so
+    what is checked here is exactly what the SDK will read and log.
+    """
+    raw = scope.get("query_string", b"").decode("latin-1")
+    values = [v for k, v in parse_qsl(raw, keep_blank_values=True) if k == "session_id"]
+    return len(values) == 1 and values[0].isascii() and _SESSION_ID.fullmatch(values[0].encode()) is not None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -189,6 +192,44 @@ def _sanitise_error_body(body: bytes) -> bytes:
     return b'{"error": "bad request"}'
 
 
+def _is_modern(scope: Scope) -> bool:
+    version = header(scope, b"mcp-protocol-version")
+    return version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+def _check_body(body: bytes, scope: Scope) -> tuple[int, int, str] | None:
+    """Cheap checks on a POST body before the SDK parses it: (status, code, message) or None.
+
+    Arrays (batches) are refused before any parsing; the body is parsed once here, with nesting
+    bounded; a 2026-07-28 body must name the same revision as its MCP-Protocol-Version header.
+    No message ever quotes the body.
+    """
+    start = body.lstrip()[:1]
+    if not start:
+        return None  # an empty body is left to the SDK to refuse
+    if start != b"{":
+        if start == b"[":
+            return 400, -32600, "Invalid Request: batches are not supported"
+        return 400, -32600, "Invalid Request: the body must be one JSON-RPC object"
+    try:
+        message = loads_strict(body)
+    except ValueError:
+        # The SDK answers invalid UTF-8 or absurdly deep JSON with a 500 and a traceback.
+        return 400, -32700, "Parse error: the body is not valid JSON"
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    claimed = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None
+    if claimed is not None and claimed in MODERN_PROTOCOL_VERSIONS:
+        sent = header(scope, b"mcp-protocol-version")
+        if sent != claimed:
+            return (
+                400,
+                HEADER_MISMATCH,
+                "MCP-Protocol-Version header is missing or does not match params._meta protocolVersion",
+            )
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # The application
 
@@ -219,12 +260,15 @@ class DanubeHttpApp:
         self._token = options.auth_token.encode() if options.auth_token else None
         if options.auth_token:
             SECRETS.add(options.auth_token)
+        # Caller identities are hashed with a per-process salt: a session is bound to the hash of
+        # the access token and caller key that opened it, never to the values themselves.
+        self._identity_salt = secrets.token_bytes(32)
         self.secure_input = (
             SecureInputBroker(ttl=options.secure_input_ttl, public_url=options.public_url)
             if options.secure_input
             else None
         )
-        self.server = build_server(
+        self.server, self.tool = build_server(
             backend.client,
             sandbox=backend.sandbox,
             api_key_problem=backend.api_key_problem,
@@ -236,6 +280,11 @@ class DanubeHttpApp:
         )
         serve_streamable = options.transport in ("streamable-http", "http")
         serve_sse = options.transport in ("sse", "http")
+        self.sessions = SessionLimits(
+            total=options.max_sessions,
+            per_caller=options.max_sessions_per_caller,
+            idle_seconds=options.session_idle_seconds,
+        )
         self.session_manager = (
             StreamableHTTPSessionManager(
                 app=self.server,
@@ -243,15 +292,23 @@ class DanubeHttpApp:
                 stateless=options.stateless,
                 security_settings=None,  # Host/Origin are checked here, before the SDK
                 max_request_body_size=MAX_BODY_BYTES,
+                session_idle_timeout=options.session_idle_seconds,
+                max_sessions=options.max_sessions,
             )
             if serve_streamable
             else None
         )
-        self.sse = (
-            SseServerTransport(MESSAGES_PATH, max_request_body_size=MAX_BODY_BYTES) if serve_sse else None
-        )
+        self.sse = SseServerTransport(MESSAGES_PATH) if serve_sse else None
         self._init_options = self.server.create_initialization_options()
         self.draining = False  # set on the first shutdown signal: new MCP requests get 503
+
+    def identity(self, scope: Scope) -> str:
+        """A salted hash of what identifies the caller: the access token and the caller key."""
+        mac = hmac.new(self._identity_salt, digestmod=hashlib.sha256)
+        for name in (b"authorization", CLIENT_KEY_HEADER.encode()):
+            value = (header(scope, name) or "").strip().encode("latin-1")
+            mac.update(len(value).to_bytes(4, "big") + value)
+        return mac.hexdigest()[:32]
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -303,6 +360,9 @@ class DanubeHttpApp:
                 ((b"www-authenticate", b'Bearer realm="danube-mcp"'),),
             )
             return
+        identity = self.identity(scope)
+        # The SDK binds each session to this principal and answers 404 to anyone else.
+        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=identity, scopes=[]))
         if self.draining and _opens_session(scope, path):
             # New sessions are refused while draining; requests and replies within open sessions
             # (an elicitation result, a cancellation) still go through.
@@ -314,21 +374,46 @@ class DanubeHttpApp:
                 ((b"retry-after", b"2"), (b"connection", b"close")),
             )
             return
+        is_mcp = path in (MCP_PATH, MCP_PATH + "/") and self.session_manager is not None
+        session_id = header(scope, b"mcp-session-id") if is_mcp else None
+        if is_mcp and scope["method"] in ("GET", "DELETE") and session_id is None:
+            # No legacy session named: 2026-07-28 has no GET stream and no DELETE.
+            await _drain(receive)
+            await _send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
+            return
+        opening = False
         if scope["method"] == "POST":
             body = await read_body(scope, receive, MAX_BODY_BYTES)
             if body is None:
                 await _send_json(send, 413, _jsonrpc_error(-32600, "Request body too large"))
                 return
-            if path != HEALTH_PATH and not _json_ok(body):
-                # The SDK answers invalid UTF-8 or absurdly deep JSON with a 500 and a traceback.
-                await _send_json(send, 400, _jsonrpc_error(-32700, "Parse error: the body is not valid JSON"))
+            problem = _check_body(body, scope) if path != HEALTH_PATH else None
+            if problem is not None:
+                status, code, text = problem
+                await _send_json(send, status, _jsonrpc_error(code, text))
                 return
             receive = _replay(body, receive)
+            opening = is_mcp and session_id is None and not self.options.stateless and not _is_modern(scope)
+        if opening or (path == SSE_PATH and self.sse is not None):
+            refusal = self._session_refusal(scope, identity)
+            if refusal is not None:
+                status, text = refusal
+                await _drain(receive)
+                await _send_json(send, status, _jsonrpc_error(-32000, text))
+                return
 
-        if path in (MCP_PATH, MCP_PATH + "/") and self.session_manager is not None:
-            await self.session_manager.handle_request(scope, receive, _sanitising_send(send))
+        if is_mcp:
+            assert self.session_manager is not None
+            if session_id is not None:
+                self.sessions.touch(session_id)
+                if scope["method"] == "DELETE":
+                    self.sessions.closed(session_id)
+            out = _sanitising_send(send)
+            if opening:
+                out = self.sessions.watching(out, identity)
+            await self.session_manager.handle_request(scope, receive, out)
         elif path == SSE_PATH and self.sse is not None:
-            await self._serve_sse(scope, receive, send)
+            await self._serve_sse(scope, receive, send, identity)
         elif path == MESSAGES_PATH and self.sse is not None:
             if not _session_param_ok(scope):
                 # Checked here because the SDK logs a malformed session id verbatim.
@@ -340,6 +425,16 @@ class DanubeHttpApp:
             await _drain(receive)
             await _send_json(send, 404, {"error": "not_found"})
 
+    def _session_refusal(self, scope: Scope, identity: str) -> tuple[int, str] | None:
+        """Why a new session may not be opened by this caller now, or None."""
+        if (
+            self.options.public_bind
+            and self._token is None
+            and not (header(scope, CLIENT_KEY_HEADER.encode()) or "").strip()
+        ):
+            return 401, "Sessions on this server need your own Danube key in the danube-api-key header"
+        return self.sessions.admit(identity)
+
     def _authorized(self, scope: Scope) -> bool:
         assert self._token is not None
         value = header(scope, b"authorization") or ""
@@ -348,13 +443,18 @@ class DanubeHttpApp:
         ok = hmac.compare_digest(token.strip().encode("latin-1"), self._token)
         return ok and scheme.lower() == "bearer"
 
-    async def _serve_sse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve_sse(self, scope: Scope, receive: Receive, send: Send, identity: str) -> None:
         assert self.sse is not None
         if scope["method"] != "GET":
-            await _send_json(send, 405, {"error": "method_not_allowed"})
+            await _send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"GET"),))
             return
-        async with self.sse.connect_sse(scope, receive, send) as (read, write):
-            await self.server.run(read, write, self._init_options)
+        self.sessions.sse_opened(identity)
+        try:
+            async with self.sse.connect_sse(scope, receive, send) as (read, write):
+                # Legacy SSE is initialize-era only: the handshake loop, not the dual-era one.
+                await serve_loop(self.server, read, write, lifespan_state={}, init_options=self._init_options)
+        finally:
+            self.sessions.sse_closed(identity)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -380,7 +480,7 @@ def create_app(
     backend: Backend | None = None,
 ) -> DanubeHttpApp:
     """ASGI application factory. With no arguments, everything comes from the environment
-    (``DANUBE_*`` and ``DANUBE_MCP_*``), as ``uvicorn --factory danube_mcp.transports.http:create_app`` needs."""
+    (``DANUBE_*`` and ``DANUBE_MCP_*``), as ``uvicorn --factory danube_mcp.http:create_app`` needs."""
     from_env = settings is None
     if settings is None:
         try:
@@ -394,6 +494,8 @@ def create_app(
         setup_logging(settings.log_level)
         if settings.api_key is not None:
             SECRETS.add(settings.api_key.get_secret_value())
+    if sandbox is None:
+        sandbox = env_bool("DANUBE_MCP_SANDBOX")
     if options is None:
         transport = os.environ.get("DANUBE_MCP_TRANSPORT", "").strip() or "http"
         try:
@@ -402,12 +504,10 @@ def create_app(
                     "DANUBE_MCP_TRANSPORT must be streamable-http, sse or http for the ASGI app"
                 )
             # Under an external ASGI server the bind address is not known here: assume a public one.
-            options = HttpOptions.resolve(None, transport, settings, bind_known=False)
+            options = HttpOptions.resolve(None, transport, settings, bind_known=False, sandbox=sandbox)
         except ConfigError as exc:
             print(f"danube-mcp: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-    if sandbox is None:
-        sandbox = env_bool("DANUBE_MCP_SANDBOX")
     if backend is None:
         backend = open_backend(
             settings,
@@ -453,7 +553,7 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend) -> int:
             self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.drain(sig)))  # type: ignore[union-attr]
 
         async def drain(self, sig: int) -> None:
-            tool = app.server.tool  # type: ignore[attr-defined]
+            tool = app.tool
             if not await tool.wait_idle(SHUTDOWN_GRACE):
                 logger.warning("shutting down: stopping %d call(s) still in flight", tool.in_flight)
                 tool.stop_calls()

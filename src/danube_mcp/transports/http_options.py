@@ -26,6 +26,15 @@ def env_bool(name: str) -> bool:
     return parse_bool(os.environ.get(name), name)
 
 
+def _env_int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ConfigError(f"{name} must be a whole number between {low} and {high}")
+    return int(raw)
+
+
 def _read_token(path: str | None) -> str | None:
     if path:
         try:
@@ -62,10 +71,22 @@ class HttpOptions:
     secure_input: bool = False
     secure_input_ttl: float = 300.0
     public_url: str | None = None
+    # Stateful sessions (initialize era): caps in total and per caller identity, idle timeout.
+    max_sessions: int = 1000
+    max_sessions_per_caller: int = 20
+    session_idle_seconds: float = 600.0
+    # Bound to a non-loopback address (or an address not known, under an external ASGI server).
+    public_bind: bool = False
 
     @classmethod
     def resolve(
-        cls, args: argparse.Namespace | None, transport: str, settings: Settings, *, bind_known: bool = True
+        cls,
+        args: argparse.Namespace | None,
+        transport: str,
+        settings: Settings,
+        *,
+        bind_known: bool = True,
+        sandbox: bool = False,
     ) -> HttpOptions:
         """Flags first, then ``DANUBE_MCP_*`` environment variables. Refuses unsafe exposures."""
 
@@ -109,8 +130,12 @@ class HttpOptions:
             ),
             secure_input_ttl=settings.secure_input_ttl,
             public_url=settings.public_url,
+            max_sessions=_env_int("DANUBE_MCP_MAX_SESSIONS", 1000, 1, 100_000),
+            max_sessions_per_caller=_env_int("DANUBE_MCP_MAX_SESSIONS_PER_CALLER", 20, 1, 100_000),
+            session_idle_seconds=60.0 * _env_int("DANUBE_MCP_SESSION_IDLE_MINUTES", 10, 1, 24 * 60),
+            public_bind=not (bind_known and is_loopback_host(host)),
         )
-        opts.check_exposure(server_key=settings.api_key is not None, bind_known=bind_known)
+        opts.check_exposure(server_key=settings.api_key is not None or sandbox, bind_known=bind_known)
         return opts
 
     def check_exposure(self, *, server_key: bool, bind_known: bool = True) -> None:
@@ -131,7 +156,8 @@ class HttpOptions:
             )
         if server_key and not (self.auth_token or self.require_client_key):
             raise ConfigError(
-                f"refusing to {where} with DANUBE_API_KEY set but no access token: set "
+                f"refusing to {where} with a server-side Danube key (DANUBE_API_KEY or --sandbox) "
+                "but no access token: set "
                 "DANUBE_MCP_AUTH_TOKEN (or --auth-token-file) or --require-client-key, so strangers "
                 "cannot spend the server's Danube key"
             )
@@ -146,23 +172,28 @@ class HttpOptions:
 # Host / Origin matching
 
 
+def _port_ok(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes other scripts' digits and superscripts."""
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
+
+
 def _host_matches(value: str, pattern: str) -> bool:
     value, pattern = value.lower(), pattern.lower()
     if pattern.endswith(":*"):
         base = pattern[:-2]
-        return value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit())
+        return value == base or (value.startswith(base + ":") and _port_ok(value[len(base) + 1 :]))
     if value == pattern:
         return True
     # A pattern without a port accepts that host on any port.
     has_port = pattern.rsplit(":", 1)[-1].isdigit() and not pattern.endswith("]")
-    return not has_port and value.startswith(pattern + ":") and value[len(pattern) + 1 :].isdigit()
+    return not has_port and value.startswith(pattern + ":") and _port_ok(value[len(pattern) + 1 :])
 
 
 def _origin_matches(value: str, pattern: str) -> bool:
     value, pattern = value.lower().rstrip("/"), pattern.lower().rstrip("/")
     if pattern.endswith(":*"):
         base = pattern[:-2]
-        return value == base or (value.startswith(base + ":") and value[len(base) + 1 :].isdigit())
+        return value == base or (value.startswith(base + ":") and _port_ok(value[len(base) + 1 :]))
     return value == pattern
 
 

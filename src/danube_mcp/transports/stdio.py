@@ -23,34 +23,23 @@ import queue
 import stat
 import sys
 import threading
-import typing
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO, Final
 
 import anyio
+import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp import types
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from danube_mcp.jsonutil import loads_strict
 
 MAX_LINE_BYTES: Final = 4 * 1024 * 1024
+# After stdin closes, calls already received get this long to finish and write their answers.
+EOF_GRACE: Final = 5.0
 _READ_CHUNK: Final = 64 * 1024
-
-
-def _client_methods() -> frozenset[str]:
-    methods: set[str] = set()
-    for union in (types.ClientRequest, types.ClientNotification):
-        for model in typing.get_args(union.model_fields["root"].annotation):
-            for literal in typing.get_args(model.model_fields["method"].annotation):
-                methods.add(literal)
-    return frozenset(methods)
-
-
-CLIENT_METHODS: Final = _client_methods()
 
 
 def claim_stdout() -> BinaryIO:
@@ -87,13 +76,15 @@ def classify_line(line: bytes) -> SessionMessage | bytes | None:
     if not line.strip():
         return None
     try:
-        message = types.JSONRPCMessage.model_validate_json(line)
-    except (ValidationError, RecursionError):
+        message: types.JSONRPCMessage | None = types.jsonrpc_message_adapter.validate_json(
+            line, by_name=False
+        )
+    except (ValidationError, RecursionError, ValueError):
         message = None
     if message is not None:
         # The SDK's model takes a request whose id is null, boolean, fractional or structured
         # for a notification (extra fields are allowed); JSON-RPC calls it an invalid request.
-        if isinstance(message.root, types.JSONRPCNotification) and b'"id"' in line:
+        if isinstance(message, types.JSONRPCNotification) and b'"id"' in line:
             obj = _loads(line)
             if isinstance(obj, dict) and "id" in obj:
                 return _error_line(-32600, "Invalid Request: id must be a string or an integer")
@@ -124,8 +115,8 @@ def classify_line(line: bytes) -> SessionMessage | bytes | None:
     # Well-formed, yet refused by pydantic's JSON parser (an escaped lone surrogate, say): let
     # the request through from the decoded object, so the tool can say what is wrong.
     try:
-        return SessionMessage(types.JSONRPCMessage.model_validate(obj))
-    except (ValidationError, RecursionError):
+        return SessionMessage(types.jsonrpc_message_adapter.validate_python(obj, by_name=False))
+    except (ValidationError, RecursionError, ValueError):
         return _error_line(-32600, "Invalid Request: not a valid MCP message", rid)
 
 
@@ -138,13 +129,6 @@ def _loads(line: bytes) -> Any:
         return loads_strict(line)
     except ValueError:
         return _INVALID
-
-
-def _unknown_method(message: SessionMessage) -> bytes | None:
-    root = message.message.root
-    if isinstance(root, types.JSONRPCRequest) and root.method not in CLIENT_METHODS:
-        return _error_line(-32601, "Method not found", root.id)
-    return None
 
 
 class _LineSplitter:
@@ -384,6 +368,11 @@ async def stdio_transport(
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](64)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](64)
 
+    # Requests read but not yet answered: on EOF they are finished (bounded by EOF_GRACE) before
+    # the session ends, so `printf ... | danube-mcp` gets every answer it asked for.
+    pending: set[Any] = set()
+    settled = [anyio.Event()]  # replaced after each wake-up (anyio events cannot be cleared)
+
     async def pump_in() -> None:
         async with read_send:
             while (line := await io.next_line()) is not None:
@@ -394,12 +383,14 @@ async def stdio_transport(
                     io.write(parsed)
                     await io.drain()  # a client that sends junk and never reads cannot grow memory
                     continue
-                rejected = _unknown_method(parsed)
-                if rejected is not None:
-                    io.write(rejected)
-                    await io.drain()
-                    continue
+                if isinstance(parsed.message, types.JSONRPCRequest):
+                    pending.add(parsed.message.id)
                 await read_send.send(parsed)
+            if pending:
+                with anyio.move_on_after(EOF_GRACE):
+                    while pending:
+                        await settled[0].wait()
+                        settled[0] = anyio.Event()
 
     out_done = anyio.Event()
 
@@ -407,9 +398,11 @@ async def stdio_transport(
         try:
             async with write_recv:
                 async for message in write_recv:
-                    io.write(
-                        message.message.model_dump_json(by_alias=True, exclude_none=True).encode() + b"\n"
-                    )
+                    out = message.message
+                    io.write(out.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+                    if pending and isinstance(out, types.JSONRPCResponse | types.JSONRPCError):
+                        pending.discard(out.id)
+                        settled[0].set()
                     await io.drain()
         finally:
             out_done.set()

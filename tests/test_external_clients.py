@@ -215,13 +215,18 @@ def http_target(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Ite
 # --------------------------------------------------------------------------------------------------
 # The MCP Inspector CLI
 
-# (transport, era). Legacy SSE has no modern era: 2026-07-28 is not defined on it.
+# (transport, era). "legacy" = initialize handshake only; "modern" = pinned to 2026-07-28, no fallback;
+# "auto" = server/discover first, then fall back to initialize (what Claude Code and the VS Code agent
+# host do). Legacy SSE has no modern era (2026-07-28 is not defined on it): "auto" must fall back there.
 INSPECTOR_CASES = [
     ("stdio", "legacy"),
     ("stdio", "modern"),
+    ("stdio", "auto"),
     ("http", "legacy"),
     ("http", "modern"),
+    ("http", "auto"),
     ("sse", "legacy"),
+    ("sse", "auto"),
 ]
 
 
@@ -314,8 +319,9 @@ def test_inspector_initialize_speaks_the_pinned_era(inspector: tuple[Inspector, 
     insp, _, _, _ = inspector
     run = insp.run("initialize")
     result = run.result()
-    era = json.loads(insp.config.read_text())["mcpServers"]["s"]["protocolEra"]
-    expected = MODERN if era == "modern" else LEGACY_LATEST
+    server = json.loads(insp.config.read_text())["mcpServers"]["s"]
+    era, transport = server["protocolEra"], server["type"]
+    expected = LEGACY_LATEST if era == "legacy" or (era == "auto" and transport == "sse") else MODERN
     assert result.get("protocolVersion") == expected, run.describe(f"protocolVersion is not {expected}")
     assert isinstance(result.get("serverInfo"), dict) and result["serverInfo"].get("name"), run.describe(
         "serverInfo"

@@ -79,7 +79,9 @@ async def mcp_http(
 
 
 @asynccontextmanager
-async def mcp_sse(url: str, *, headers: dict[str, str] | None = None, **client_kw: Any) -> AsyncIterator[Client]:
+async def mcp_sse(
+    url: str, *, headers: dict[str, str] | None = None, **client_kw: Any
+) -> AsyncIterator[Client]:
     """A connected SDK client on legacy SSE at ``url`` (…/sse); initialize era only."""
     async with Client(sse_client(url, headers=headers), mode="legacy", **client_kw) as client:
         yield client

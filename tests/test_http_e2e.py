@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio
 import httpx2
-import pytest
 import mcp_types as types
+import pytest
 from mcp import Client
 
 from procs import MODES, REPO, Captured, HttpServer, child_env, http_server, mcp_http, mcp_sse
@@ -330,7 +330,7 @@ def two_workers(upstream: FakeUpstream) -> Iterator[str]:
     )
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.transports.http:create_app"),
+            *(sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.http:create_app"),
             *("--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
         ],
         env={**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]},
@@ -377,7 +377,15 @@ def test_factory_mode_assumes_a_public_bind(upstream: FakeUpstream) -> None:
     """Under an external ASGI server the bind address is unknown: with the operator's key and no
     token or --require-client-key, the factory refuses rather than risk a public, open server."""
     proc = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.transports.http:create_app", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "danube_mcp.http:create_app",
+            "--port",
+            "0",
+        ],
         env=env_for(upstream, DANUBE_MCP_STATELESS="1"),
         capture_output=True,
         timeout=60,

@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
-import pytest
 import mcp_types as types
+import pytest
 from mcp import Client
 
 from danube_mcp.danube.client import DanubeClient
-from danube_mcp.tool.schema import MAX_CREDENTIAL_VALUE, MAX_SERVICE_ID
 from danube_mcp.tool.handler import SANDBOX_PREFIX, TOOL_NAME, build_server
+from danube_mcp.tool.schema import MAX_CREDENTIAL_VALUE, MAX_SERVICE_ID
 
 pytestmark = pytest.mark.anyio
 

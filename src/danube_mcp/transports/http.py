@@ -189,7 +189,20 @@ def _sanitise_error_body(body: bytes) -> bytes:
                 break
         else:
             message = message.split(":", 1)[0][:200]
-        data["error"] = {"code": data["error"].get("code"), "message": message}
+        code = data["error"].get("code")
+        error: dict[str, Any] = {"code": code, "message": message}
+        detail = data["error"].get("data")
+        if code == -32022 and isinstance(detail, dict):
+            # The spec's unsupported-version answer names what is served; the requested value is
+            # kept only when it is a plain version-like token.
+            kept: dict[str, Any] = {
+                "supported": [v for v in detail.get("supported", []) if isinstance(v, str)]
+            }
+            requested = detail.get("requested")
+            if isinstance(requested, str) and _VERSION_TOKEN.fullmatch(requested):
+                kept["requested"] = requested
+            error["data"] = kept
+        data["error"] = error
         return json.dumps(data).encode()
     return b'{"error": "bad request"}'
 
@@ -199,7 +212,10 @@ def _is_modern(scope: Scope) -> bool:
     return version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS
 
 
-def _check_body(body: bytes, scope: Scope) -> tuple[int, int, str] | None:
+_VERSION_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tuple[int, int, str] | None:
     """Cheap checks on a POST body before the SDK parses it: (status, code, message) or None.
 
     Arrays (batches) are refused before any parsing; the body is parsed once here, with nesting
@@ -221,7 +237,7 @@ def _check_body(body: bytes, scope: Scope) -> tuple[int, int, str] | None:
     params = message.get("params") if isinstance(message, dict) else None
     meta = params.get("_meta") if isinstance(params, dict) else None
     claimed = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None
-    if claimed is not None and claimed in MODERN_PROTOCOL_VERSIONS:
+    if modern_rules and claimed is not None and claimed in MODERN_PROTOCOL_VERSIONS:
         sent = header(scope, b"mcp-protocol-version")
         if sent != claimed:
             return (
@@ -389,7 +405,9 @@ class DanubeHttpApp:
             if body is None:
                 await _send_json(send, 413, _jsonrpc_error(-32600, "Request body too large"))
                 return
-            problem = _check_body(body, scope) if path != HEALTH_PATH else None
+            # The 2026 header rules belong to /mcp; legacy SSE's /messages/ answers a 2026 probe
+            # with -32601 from the initialize-era loop, so dual-era clients fall back.
+            problem = _check_body(body, scope, modern_rules=is_mcp) if path != HEALTH_PATH else None
             if problem is not None:
                 status, code, text = problem
                 await _send_json(send, status, _jsonrpc_error(code, text))
@@ -404,13 +422,18 @@ class DanubeHttpApp:
                 await _send_json(send, status, _jsonrpc_error(-32000, text))
                 return
 
-        if is_mcp and session_id is not None and not self.options.stateless and not _is_modern(scope):
-            # Answered here rather than by the SDK, which logs the id it was sent: an id of the
-            # wrong shape, unknown, or opened by another caller is "not found", all alike.
-            if not _MCP_SESSION_ID.fullmatch(session_id) or self.sessions.owner(session_id) != identity:
-                await _drain(receive)
-                await _send_json(send, 404, _jsonrpc_error(-32600, "Session not found"))
-                return
+        # Answered here rather than by the SDK, which logs the id it was sent: an id of the wrong
+        # shape, unknown, or opened by another caller is "not found", all alike.
+        if (
+            is_mcp
+            and session_id is not None
+            and not self.options.stateless
+            and not _is_modern(scope)
+            and (not _MCP_SESSION_ID.fullmatch(session_id) or self.sessions.owner(session_id) != identity)
+        ):
+            await _drain(receive)
+            await _send_json(send, 404, _jsonrpc_error(-32600, "Session not found"))
+            return
         if is_mcp:
             assert self.session_manager is not None
             if session_id is not None:

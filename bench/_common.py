@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ REPO = BENCH.parent
 SRC = REPO / "src"
 RESULTS = BENCH / "results"
 REFERENCE_CMD = f"python {BENCH / 'reference_server.py'}"
+FASTMCP1_SCRIPT = BENCH / "reference_fastmcp1.py"
 DEFAULT_HTTP_ARGS = "--transport streamable-http --port 0"
 LISTEN_RE = re.compile(rb"listening on (https?://[^\s/]+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -124,6 +126,21 @@ def abba(rounds: int) -> Iterator[tuple[str, str]]:
         yield ("ours", "ref") if r % 2 == 0 else ("ref", "ours")
 
 
+def rotations(sides: Sequence[str], rounds: int) -> Iterator[tuple[str, ...]]:
+    """Per round, an order of any number of sides, cycling through all permutations (2 sides: ``abba``)."""
+    orders = list(itertools.permutations(sides))
+    for r in range(rounds):
+        yield orders[r % len(orders)]
+
+
+def loadavg() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages (nan when unavailable)."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
 # --------------------------------------------------------------------------- /proc
 
 
@@ -217,6 +234,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--reference", default=REFERENCE_CMD, help="yardstick command (default: the bare-SDK one)"
     )
     parser.add_argument(
+        "--fastmcp1-python",
+        default=None,
+        metavar="PYTHON",
+        help="an interpreter with mcp 1.x + httpx: cold start is also compared with "
+        "bench/reference_fastmcp1.py run by it (a bare mcp 1.x FastMCP server)",
+    )
+    parser.add_argument(
         "--http-args", default=DEFAULT_HTTP_ARGS, help="args that switch a server to streamable HTTP"
     )
     parser.add_argument("--http-path", default="/mcp", help="streamable-HTTP endpoint path")
@@ -237,6 +261,16 @@ def servers_from_args(args: argparse.Namespace) -> dict[str, ServerCmd]:
         "ours": ServerCmd("ours", parse_cmd(args.server), http_args, args.http_path),
         "ref": ServerCmd("ref", parse_cmd(args.reference), http_args, args.http_path),
     }
+
+
+def fastmcp1_from_args(args: argparse.Namespace) -> ServerCmd | None:
+    """The mcp 1.x FastMCP yardstick, when ``--fastmcp1-python`` names an interpreter for it."""
+    python = getattr(args, "fastmcp1_python", None)
+    if not python:
+        return None
+    if os.sep in python:  # a path, not a name on PATH: the servers run with cwd = the repo
+        python = os.path.abspath(os.path.expanduser(python))
+    return ServerCmd("fastmcp1", (python, str(FASTMCP1_SCRIPT)))
 
 
 def headers_from_args(args: argparse.Namespace) -> list[tuple[str, str]]:

@@ -1,5 +1,9 @@
 """Cold start over stdio: spawn -> initialize answer, spawn -> tools/list answer, exit time after stdin EOF,
-and an import-time breakdown (``python -X importtime``) of each server."""
+and an import-time breakdown (``python -X importtime``) of each server.
+
+Sides: ours, the reference (default: the bare mcp 2.x low-level server) and, with ``--fastmcp1-python``,
+a bare mcp 1.x FastMCP server run by that interpreter; the starts are interleaved, every round in another
+order of the sides."""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ from _common import (
     INITIALIZED_MSG,
     Json,
     StdioClient,
-    abba,
     call_msg,
+    fastmcp1_from_args,
     figure,
     initialize_msg,
     median,
     paired_figure,
+    rotations,
     run_script,
     server_env,
     servers_from_args,
@@ -86,13 +91,16 @@ def importtime(argv: list[str], env: dict[str, str]) -> tuple[dict[str, float], 
 
 def run(args: argparse.Namespace) -> Json:
     servers = servers_from_args(args)
+    fm1 = fastmcp1_from_args(args)
+    if fm1 is not None:
+        servers["fastmcp1"] = fm1
     samples: dict[str, dict[str, list[float]]] = {s: defaultdict(list) for s in servers}
     imports: dict[str, Json] = {}
     with upstream(args.upstream) as up:
         env = server_env(up.url, args.env)
         for cmd in servers.values():  # warm-up: pyc files, page cache
             one_start(list(cmd.argv), env)
-        for order in abba(args.rounds):
+        for order in rotations(list(servers), args.rounds):
             for side in order:
                 t_init, t_list, t_exit = one_start(list(servers[side].argv), env)
                 samples[side]["init"].append(t_init * 1000)
@@ -118,10 +126,21 @@ def run(args: argparse.Namespace) -> Json:
         "cold start -> tools/list": paired_figure(o["list"], r["list"], "ms"),
         "exit after stdin EOF": paired_figure(o["exit"], r["exit"], "ms"),
     }
+    if "fastmcp1" in samples:
+        f = samples["fastmcp1"]
+        figures["cold start -> initialize vs FastMCP 1.x"] = paired_figure(o["init"], f["init"], "ms")
+        figures["cold start -> tools/list vs FastMCP 1.x"] = paired_figure(o["list"], f["list"], "ms")
+        figures["exit after stdin EOF vs FastMCP 1.x"] = paired_figure(o["exit"], f["exit"], "ms")
     if "ours" in imports and "ref" in imports:
         a, b = imports["ours"]["total_self_ms"], imports["ref"]["total_self_ms"]
         figures["import time (sum of self)"] = figure(a, b, "ms")
         figures["modules imported"] = figure(imports["ours"]["modules"], imports["ref"]["modules"], "count")
+    if "ours" in imports and "fastmcp1" in imports:
+        a, b = imports["ours"]["total_self_ms"], imports["fastmcp1"]["total_self_ms"]
+        figures["import time (sum of self) vs FastMCP 1.x"] = figure(a, b, "ms")
+        figures["modules imported vs FastMCP 1.x"] = figure(
+            imports["ours"]["modules"], imports["fastmcp1"]["modules"], "count"
+        )
     return {"figures": figures, "samples": {s: dict(v) for s, v in samples.items()}, "imports": imports}
 
 

@@ -1,31 +1,39 @@
-"""The yardstick: the obvious FastMCP server for ``store_credential`` on mcp 1.x, with SDK defaults.
+"""The yardstick: a bare mcp 2.x low-level server for ``store_credential``, written the way the SDK's docs show.
 
-stdio by default; ``--transport streamable-http --port 0`` serves ``/mcp`` through uvicorn and prints
+``Server(..., on_list_tools=..., on_call_tool=...)`` served with ``mcp.server.stdio.stdio_server``; one lazily
+created process-wide ``httpx2.AsyncClient``; SDK defaults everywhere else. stdio by default;
+``--transport streamable-http --port 0`` serves ``/mcp`` through uvicorn and prints
 ``listening on http://127.0.0.1:PORT`` on stderr once bound. Reads ``DANUBE_API_URL`` and ``DANUBE_API_KEY``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import sys
-from typing import Literal
+from typing import Any
 
+import anyio
 import httpx2
-import uvicorn
-from mcp.server.fastmcp import FastMCP
-from pydantic import BaseModel
+import mcp.server.stdio
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
 
+TOOL = types.Tool(
+    name="store_credential",
+    description="Store a credential (bearer token or API key) for a Danube service.",
+    input_schema={
+        "type": "object",
+        "properties": {
+            "service_id": {"type": "string"},
+            "credential_type": {"type": "string", "enum": ["bearer", "api_key"]},
+            "credential_value": {"type": "string"},
+        },
+        "required": ["service_id", "credential_type", "credential_value"],
+    },
+)
 
-class StoreResult(BaseModel):
-    success: bool
-    service_id: str
-    service_name: str
-    credential_type: str
-
-
-mcp = FastMCP("danube-reference")
 _client: httpx2.AsyncClient | None = None
 
 
@@ -41,44 +49,58 @@ def upstream() -> httpx2.AsyncClient:
     return _client
 
 
-@mcp.tool()
-async def store_credential(
-    service_id: str, credential_type: Literal["bearer", "api_key"], credential_value: str
-) -> StoreResult:
-    """Store a credential (bearer token or API key) for a Danube service."""
-    body = {
-        "service_id": service_id,
-        "credential_type": credential_type,
-        "credential_value": credential_value,
-    }
+async def list_tools(
+    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
+    return types.ListToolsResult(tools=[TOOL])
+
+
+async def call_tool(
+    ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+) -> types.CallToolResult:
+    if params.name != "store_credential":
+        raise ValueError(f"unknown tool: {params.name}")
+    args = params.arguments or {}
+    body = {k: args[k] for k in ("service_id", "credential_type", "credential_value")}
     resp = await upstream().post("/v1/credentials/store", json=body)
     resp.raise_for_status()
-    return StoreResult.model_validate(resp.json())
+    data = resp.json()
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(data))], structured_content=data
+    )
+
+
+server = Server("danube-reference", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+async def serve_stdio() -> None:
+    async with mcp.server.stdio.stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
 async def serve_http(host: str, port: int) -> None:
-    server = uvicorn.Server(
-        uvicorn.Config(mcp.streamable_http_app(), host=host, port=port, log_level="warning")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
-        await asyncio.sleep(0.01)
-    if server.started:
-        bound = server.servers[0].sockets[0].getsockname()
+    import uvicorn
+
+    app = server.streamable_http_app(host=host)
+    uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(uv.serve)
+        while not uv.started:
+            await anyio.sleep(0.01)
+        bound = uv.servers[0].sockets[0].getsockname()
         print(f"listening on http://{bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
-    await task
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="reference FastMCP server for benchmarks")
+    parser = argparse.ArgumentParser(description="reference mcp 2.x low-level server for benchmarks")
     parser.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     if args.transport == "stdio":
-        mcp.run("stdio")
+        anyio.run(serve_stdio)
     else:
-        asyncio.run(serve_http(args.host, args.port))
+        anyio.run(serve_http, args.host, args.port)
 
 
 if __name__ == "__main__":

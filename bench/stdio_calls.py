@@ -1,5 +1,8 @@
 """Sequential tools/call over stdio: p50/p99 latency, p50 overhead above a direct POST to the same upstream,
-server CPU per call (/proc utime+stime) and stderr bytes per successful call."""
+server CPU per call (/proc utime+stime) and stderr bytes per successful call.
+
+With ``--fastmcp1-python`` the bare mcp 1.x FastMCP server runs as a third side (figures "vs FastMCP 1.x");
+the batches are interleaved, every round in another order of the sides."""
 
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from _common import (
     SECRET,
     Json,
     Upstream,
-    abba,
     cpu_seconds,
+    fastmcp1_from_args,
     figure,
     paired_figure,
     pct,
+    rotations,
     run_script,
     server_env,
     servers_from_args,
@@ -83,6 +87,9 @@ def httpx_timed(client: httpx2.Client, n: int) -> list[float]:
 
 def run(args: argparse.Namespace) -> Json:
     servers = servers_from_args(args)
+    fm1 = fastmcp1_from_args(args)
+    if fm1 is not None:
+        servers["fastmcp1"] = fm1
     batch = max(1, args.calls // args.rounds)
     lat: dict[str, list[float]] = defaultdict(list)
     cpu_per_call: dict[str, list[float]] = defaultdict(list)
@@ -100,7 +107,7 @@ def run(args: argparse.Namespace) -> Json:
             c.timed_calls(args.warmup)
         raw.timed(args.warmup)
         httpx_timed(hx, args.warmup)
-        for order in abba(args.rounds):
+        for order in rotations(list(servers), args.rounds):
             lat["direct_raw"] += raw.timed(batch)
             lat["direct_httpx"] += httpx_timed(hx, batch)
             for side in order:
@@ -127,6 +134,15 @@ def run(args: argparse.Namespace) -> Json:
         ),
         "failed calls": figure(len(ms[o]) - ok[o], len(ms[r]) - ok[r], "count", float("nan")),
     }
+    if "fastmcp1" in servers:
+        f = "fastmcp1"
+        figures["stdio call p50 vs FastMCP 1.x"] = figure(pct(ms[o], 50), pct(ms[f], 50), "ms")
+        figures["server CPU per stdio call vs FastMCP 1.x"] = paired_figure(
+            cpu_per_call[o], cpu_per_call[f], "ms"
+        )
+        figures["failed calls (FastMCP 1.x)"] = figure(
+            len(ms[o]) - ok[o], len(ms[f]) - ok[f], "count", float("nan")
+        )
     return {
         "figures": figures,
         "direct_post_p50_ms": {"raw_socket": base, "httpx_sync": base_httpx},

@@ -4,7 +4,7 @@ import asyncio
 import json
 
 import httpx2
-from mcp.shared.memory import create_connected_server_and_client_session
+from mcp import Client
 
 from danube_mcp.danube.client import DanubeClient
 from danube_mcp.tool.handler import build_server
@@ -24,18 +24,19 @@ def fake_danube(request: httpx2.Request) -> httpx2.Response:
 
 
 async def main() -> None:
-    client = DanubeClient(
+    danube = DanubeClient(
         base_url="https://api.danubeai.com",
         api_key="test-key",
         transport=httpx2.MockTransport(fake_danube),
     )
-    async with client, create_connected_server_and_client_session(build_server(client)) as session:
-        result = await session.call_tool(
+    server, _ = build_server(danube)
+    async with danube, Client(server) as client:
+        result = await client.call_tool(
             "store_credential",
             {"service_id": "svc_openai_001", "credential_type": "api_key", "credential_value": "sk-test"},
         )
-        assert not result.isError
-        print(result.structuredContent)
+        assert not result.is_error
+        print(result.structured_content)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ import asyncio
 import os
 import sys
 
-from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import stdio_client
+from mcp import Client, StdioServerParameters
+from mcp.types import TextContent
 
 
 async def main() -> None:
@@ -18,9 +18,8 @@ async def main() -> None:
             "DANUBE_API_URL": os.environ.get("DANUBE_API_URL", "https://api.danubeai.com"),
         },
     )
-    async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
-        result = await session.call_tool(
+    async with Client(server) as client:
+        result = await client.call_tool(
             "store_credential",
             {
                 "service_id": "svc_openai_001",
@@ -28,9 +27,9 @@ async def main() -> None:
                 "credential_value": os.environ["OPENAI_API_KEY"],
             },
         )
-        if result.isError:
-            raise SystemExit(result.content[0].text)
-        print(result.structuredContent)
+    if result.is_error:  # after the client has closed: a clean exit, not a traceback
+        raise SystemExit(" ".join(c.text for c in result.content if isinstance(c, TextContent)))
+    print(result.structured_content)
 
 
 if __name__ == "__main__":

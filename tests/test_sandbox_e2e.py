@@ -15,10 +15,8 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
-from procs import REPO, child_env, http_server, mcp_stdio
+from procs import REPO, child_env, http_server, mcp_http, mcp_stdio
 from sandbox_proc import start_sandbox
 
 pytestmark = pytest.mark.anyio
@@ -45,12 +43,12 @@ def stored(url: str, key: str) -> dict[str, dict[str, Any]]:
 
 async def test_stdio_against_sandbox_process(sandbox: Any) -> None:
     env = child_env(DANUBE_API_KEY=KEY_1, DANUBE_API_URL=sandbox.url, DANUBE_MCP_LOG_LEVEL="DEBUG")
-    async with mcp_stdio(env) as (session, err):
-        ok = await session.call_tool(
+    async with mcp_stdio(env) as (client, err):
+        ok = await client.call_tool(
             "store_credential",
             {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": SECRET},
         )
-        ref = await session.call_tool(
+        ref = await client.call_tool(
             "store_credential",
             {
                 "service_id": "svc_github_001",
@@ -58,7 +56,7 @@ async def test_stdio_against_sandbox_process(sandbox: Any) -> None:
                 "credential_value": "env://GH_TOKEN",
             },
         )
-        missing = await session.call_tool(
+        missing = await client.call_tool(
             "store_credential",
             {"service_id": "svc_nope_404", "credential_type": "bearer", "credential_value": SECRET},
         )
@@ -83,13 +81,8 @@ async def test_stdio_against_sandbox_process(sandbox: Any) -> None:
 async def test_http_against_sandbox_process_keeps_callers_apart(sandbox: Any) -> None:
     env = child_env(DANUBE_API_URL=sandbox.url, DANUBE_MCP_LOG_LEVEL="DEBUG")  # no server key at all
     with http_server(env, ("--transport", "streamable-http", "--require-client-key")) as srv:
-        async with (
-            httpx2.AsyncClient(headers={"danube-api-key": KEY_2}) as hc,
-            streamable_http_client(f"{srv.url}/mcp", http_client=hc) as (read, write, _),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
-            result = await session.call_tool(
+        async with mcp_http(f"{srv.url}/mcp", headers={"danube-api-key": KEY_2}) as client:
+            result = await client.call_tool(
                 "store_credential",
                 {"service_id": "svc_anthropic_001", "credential_type": "api_key", "credential_value": SECRET},
             )
@@ -102,8 +95,8 @@ async def test_http_against_sandbox_process_keeps_callers_apart(sandbox: Any) ->
 async def test_in_process_sandbox_marks_results(tmp_path: Path) -> None:
     env = child_env(DANUBE_MCP_LOG_LEVEL="INFO")
     args = ("--sandbox", "--sandbox-db", str(tmp_path / "s.db"))
-    async with mcp_stdio(env, args) as (session, err):
-        result = await session.call_tool(
+    async with mcp_stdio(env, args) as (client, err):
+        result = await client.call_tool(
             "store_credential",
             {"service_id": "svc_openai_001", "credential_type": "bearer", "credential_value": SECRET},
         )
@@ -137,11 +130,16 @@ def test_self_test_with_sandbox_stores_a_demo_credential(tmp_path: Path) -> None
 
 
 def test_self_test_without_sandbox_never_stores(sandbox: Any) -> None:
+    # /v1/_stats counts store requests and stores only, so the self-test's two read-only
+    # GET /v1/api-keys (without a key, then with it) leave it unchanged.
     before = httpx2.get(f"{sandbox.url}/v1/_stats").json()
     out = run_cli("--self-test", DANUBE_API_KEY=KEY_1, DANUBE_API_URL=sandbox.url)
     after = httpx2.get(f"{sandbox.url}/v1/_stats").json()
     assert out.returncode == 0, out.stdout + out.stderr
-    assert before == after
+    assert set(before) == {"store_requests", "stored"}
+    assert before == after  # not a single POST /v1/credentials/store, let alone a store
+    assert "Danube answers:    OK (GET /v1/api-keys without a key: 401" in out.stdout
+    assert "API key:           OK" in out.stdout and "GET /v1/api-keys" in out.stdout
     assert KEY_1 not in out.stdout + out.stderr
     assert KEY_1[-4:] in out.stdout  # masked: only the last four characters
     assert "nothing was stored" in out.stdout
@@ -172,7 +170,9 @@ def test_examples_over_stdio(sandbox: Any) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=str(REPO),
+        # The example passes the server only its two variables (no PYTHONPATH), as an agent would
+        # with an installed package; from src/, ``python -m danube_mcp`` finds the checkout.
+        cwd=str(REPO / "src"),
     )
     assert out.returncode == 0, out.stderr
     assert "'service_name': 'OpenAI'" in out.stdout
@@ -214,6 +214,6 @@ def test_unusable_sandbox_database_is_one_clear_line(tmp_path: Path) -> None:
     out = run_cli("--sandbox", "--sandbox-db", str(blocker / "s.db"))
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("danube-mcp: cannot ")
-    assert "sandbox database" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("danube-mcp: ")
+    assert f"sandbox folder {blocker} is a file, not a folder" in lines[0]
     assert out.stdout == ""

@@ -1,26 +1,30 @@
 """Secure input (URL-mode elicitation): the value goes from a one-time page to the server, never
-through an MCP message. Real processes, real HTTP on 127.0.0.1."""
+through an MCP message. Real processes, real HTTP on 127.0.0.1.
+
+Secure input needs the server-to-client elicitation request, which only initialize-era connections
+have: those tests run the SDK client in ``mode="legacy"``. A 2026-07-28 client (no back-channel,
+multi-round-trip not built yet) gets a clear error asking for ``credential_value``."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import anyio
 import httpx2
 import pytest
-from mcp import ClientSession, StdioServerParameters, types
+from mcp import Client, StdioServerParameters, types
+from mcp.client import ClientRequestContext
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.context import RequestContext
 from mcp.shared.message import SessionMessage
 
 from danube_mcp.sandbox import DEMO_API_KEY, open_store
-from procs import REPO, Captured, child_env, http_server
+from procs import MODERN, REPO, Captured, child_env, http_server, mcp_http, mcp_sse
 
 pytestmark = pytest.mark.anyio
 
@@ -43,33 +47,38 @@ class Tap:
 
 
 @asynccontextmanager
-async def tapped(read: Any, write: Any, tap: Tap) -> AsyncIterator[tuple[Any, Any]]:
+async def tapped(transport: Any, tap: Tap) -> AsyncIterator[tuple[Any, Any]]:
+    """A client transport that records every message passing through ``transport``."""
     in_send, in_recv = anyio.create_memory_object_stream[SessionMessage | Exception](32)
     out_send, out_recv = anyio.create_memory_object_stream[SessionMessage](32)
 
-    async def pump_in() -> None:
-        async with in_send:
-            async for msg in read:
-                if isinstance(msg, SessionMessage):
+    async with transport as (read, write):
+
+        async def pump_in() -> None:
+            async with in_send:
+                async for msg in read:
+                    if isinstance(msg, SessionMessage):
+                        tap.lines.append(msg.message.model_dump_json())
+                    await in_send.send(msg)
+
+        async def pump_out() -> None:
+            async with out_recv:
+                async for msg in out_recv:
                     tap.lines.append(msg.message.model_dump_json())
-                await in_send.send(msg)
+                    await write.send(msg)
 
-    async def pump_out() -> None:
-        async with out_recv:
-            async for msg in out_recv:
-                tap.lines.append(msg.message.model_dump_json())
-                await write.send(msg)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pump_in)
-        tg.start_soon(pump_out)
-        yield in_recv, out_send
-        tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump_in)
+            tg.start_soon(pump_out)
+            yield in_recv, out_send
+            tg.cancel_scope.cancel()
 
 
 def callback(handler: Elicit, seen: list[types.ElicitRequestURLParams]) -> Any:
-    async def cb(ctx: RequestContext[Any, Any], params: Any) -> types.ElicitResult | types.ErrorData:
-        assert params.mode == "url", "form mode must never be used for the secret"
+    async def cb(
+        ctx: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        assert isinstance(params, types.ElicitRequestURLParams), "form mode must never be used for the secret"
         seen.append(params)
         return await handler(params)
 
@@ -78,28 +87,27 @@ def callback(handler: Elicit, seen: list[types.ElicitRequestURLParams]) -> Any:
 
 @asynccontextmanager
 async def stdio_session(
-    tmp_path: Path, handler: Elicit | None, seen: list[types.ElicitRequestURLParams], tap: Tap, **env: str
-) -> AsyncIterator[tuple[ClientSession, Captured]]:
+    tmp_path: Path,
+    handler: Elicit | None,
+    seen: list[types.ElicitRequestURLParams],
+    tap: Tap,
+    mode: str = "legacy",
+    **env: str,
+) -> AsyncIterator[tuple[Client, Captured]]:
     err = Captured()
     params = StdioServerParameters(
-        command="python",
+        command=sys.executable,
         args=["-m", "danube_mcp", "--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input"],
         env=child_env(**{"DANUBE_MCP_LOG_LEVEL": "DEBUG", "DANUBE_MCP_SECURE_INPUT_TTL": "20", **env}),
         cwd=str(REPO),
     )
-    import sys
-
-    params.command = sys.executable
     kw: dict[str, Any] = {}
     if handler is not None:
         kw["elicitation_callback"] = callback(handler, seen)
-    async with (
-        stdio_client(params, errlog=err.file) as (read, write),
-        tapped(read, write, tap) as (r, w),
-        ClientSession(r, w, **kw) as session,
-    ):
-        await session.initialize()
-        yield session, err
+    async with Client(
+        tapped(stdio_client(params, errlog=cast(TextIO, err.file)), tap), mode=mode, **kw
+    ) as client:
+        yield client, err
 
 
 async def submit(url: str, value: str = VALUE, origin: str | None = "same") -> httpx2.Response:
@@ -145,8 +153,8 @@ tg_holder: dict[str, Any] = {}
 
 
 async def test_schema_makes_the_value_optional(tmp_path: Path) -> None:
-    async with stdio_session(tmp_path, None, [], Tap()) as (session, _):
-        tool = (await session.list_tools()).tools[0]
+    async with stdio_session(tmp_path, None, [], Tap()) as (client, _):
+        tool = (await client.list_tools()).tools[0]
     assert tool.input_schema["required"] == ["service_id", "credential_type"]
     assert "credential_value" in tool.input_schema["properties"]
     assert "omit credential_value" in (tool.description or "")
@@ -160,10 +168,10 @@ async def test_value_entered_on_the_page_is_stored_and_never_in_mcp(tmp_path: Pa
     async with anyio.create_task_group() as tg:
         tg_holder["tg"] = tg
         async with stdio_session(tmp_path, accepting_and_submitting(pages, posts), seen, tap) as (
-            session,
+            client,
             err,
         ):
-            result = await session.call_tool("store_credential", ARGS)
+            result = await client.call_tool("store_credential", ARGS)
             # The link is single-use: a second submission and a second view are refused.
             again = await submit(seen[0].url)
             async with httpx2.AsyncClient() as hc:
@@ -172,7 +180,7 @@ async def test_value_entered_on_the_page_is_stored_and_never_in_mcp(tmp_path: Pa
     assert result.is_error is False, result
     assert result.structured_content is not None and result.structured_content["service_id"] == SERVICE
     assert seen[0].url.startswith("http://127.0.0.1:") and "/secure-input/" in seen[0].url
-    assert seen[0].elicitationId
+    assert seen[0].elicitation_id
     page = pages[0]
     assert page.status_code == 200
     assert 'type="password"' in page.text and SERVICE in page.text
@@ -185,7 +193,7 @@ async def test_value_entered_on_the_page_is_stored_and_never_in_mcp(tmp_path: Pa
     assert stored_value(tmp_path / "s.db") == VALUE
     assert VALUE not in tap.text() and VALUE not in stderr and VALUE not in result.model_dump_json()
     completes = [json.loads(line) for line in tap.lines if "notifications/elicitation/complete" in line]
-    assert completes and completes[0]["params"]["elicitationId"] == seen[0].elicitationId
+    assert completes and completes[0]["params"]["elicitationId"] == seen[0].elicitation_id
 
 
 @pytest.mark.parametrize("action", ["decline", "cancel"])
@@ -195,8 +203,8 @@ async def test_decline_and_cancel_store_nothing(tmp_path: Path, action: str) -> 
     async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
         return types.ElicitResult(action=action)  # type: ignore[arg-type]
 
-    async with stdio_session(tmp_path, handler, seen, Tap()) as (session, _):
-        result = await session.call_tool("store_credential", ARGS)
+    async with stdio_session(tmp_path, handler, seen, Tap()) as (client, _):
+        result = await client.call_tool("store_credential", ARGS)
         late = await submit(seen[0].url)
     verb = "declined" if action == "decline" else "cancelled"
     assert result.is_error is True and verb in result.content[0].text  # type: ignore[union-attr]
@@ -211,8 +219,8 @@ async def test_expiry_ends_the_call_cleanly(tmp_path: Path) -> None:
     async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
         return types.ElicitResult(action="accept")  # and nobody ever submits
 
-    async with stdio_session(tmp_path, handler, seen, Tap(), DANUBE_MCP_SECURE_INPUT_TTL="1") as (session, _):
-        result = await session.call_tool("store_credential", ARGS)
+    async with stdio_session(tmp_path, handler, seen, Tap(), DANUBE_MCP_SECURE_INPUT_TTL="1") as (client, _):
+        result = await client.call_tool("store_credential", ARGS)
         late = await submit(seen[0].url)
     assert result.is_error is True and "expired" in result.content[0].text  # type: ignore[union-attr]
     assert late.status_code == 410
@@ -239,8 +247,8 @@ async def test_foreign_origin_and_bad_input_are_refused_then_a_good_submit_works
 
     async with anyio.create_task_group() as tg:
         tg_holder["tg"] = tg
-        async with stdio_session(tmp_path, handler, seen, Tap()) as (session, _):
-            result = await session.call_tool("store_credential", ARGS)
+        async with stdio_session(tmp_path, handler, seen, Tap()) as (client, _):
+            result = await client.call_tool("store_credential", ARGS)
     assert outcomes["foreign"].status_code == 403 and outcomes["null"].status_code == 403
     assert outcomes["empty"].status_code == 400 and outcomes["newline"].status_code == 400
     assert outcomes["put"].status_code == 405 and outcomes["json"].status_code == 415
@@ -252,26 +260,51 @@ async def test_foreign_origin_and_bad_input_are_refused_then_a_good_submit_works
 
 
 async def test_client_without_url_elicitation_gets_a_clear_error(tmp_path: Path) -> None:
-    async with stdio_session(tmp_path, None, [], Tap()) as (session, _):
-        result = await session.call_tool("store_credential", ARGS)
-        with_value = await session.call_tool("store_credential", {**ARGS, "credential_value": VALUE})
+    async with stdio_session(tmp_path, None, [], Tap()) as (client, _):
+        result = await client.call_tool("store_credential", ARGS)
+        with_value = await client.call_tool("store_credential", {**ARGS, "credential_value": VALUE})
     assert result.is_error is True
     assert "does not support secure input" in result.content[0].text  # type: ignore[union-attr]
     assert with_value.is_error is False  # passing the value still works
 
 
+NOT_YET = "secure input is not available to this MCP client yet"
+
+
+async def test_a_2026_client_over_stdio_without_a_value_is_asked_for_it(tmp_path: Path) -> None:
+    """2026-07-28 has no server-to-client request: a clear error, no page, nothing stored."""
+    seen: list[types.ElicitRequestURLParams] = []
+    tap = Tap()
+
+    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept")
+
+    async with stdio_session(tmp_path, handler, seen, tap, mode=MODERN) as (client, err):
+        assert client.protocol_version == MODERN
+        result = await client.call_tool("store_credential", ARGS)
+        stderr = err.text()
+    assert result.is_error is True
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert NOT_YET in text and "pass it as credential_value" in text
+    # The client did advertise URL elicitation on the call: the refusal is about the era.
+    call = next(json.loads(line) for line in tap.lines if '"tools/call"' in line)
+    assert "url" in call["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]["elicitation"]
+    assert seen == [] and "elicitation/create" not in tap.text()
+    assert "/secure-input/" not in tap.text() + stderr
+    assert stored_value(tmp_path / "s.db") is None
+
+
 @asynccontextmanager
-async def http_session(url: str, handler: Elicit | None, seen: list[Any]) -> AsyncIterator[ClientSession]:
+async def http_session(
+    url: str, handler: Elicit | None, seen: list[Any], mode: str = "legacy"
+) -> AsyncIterator[Client]:
     kw: dict[str, Any] = {}
     if handler is not None:
         kw["elicitation_callback"] = callback(handler, seen)
-    async with (
-        httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as hc,
-        streamable_http_client(f"{url}/mcp", http_client=hc) as (read, write, _),
-        ClientSession(read, write, **kw) as session,
-    ):
-        await session.initialize()
-        yield session
+    async with mcp_http(
+        f"{url}/mcp", mode=mode, headers={"authorization": f"Bearer {TOKEN}"}, **kw
+    ) as client:
+        yield client
 
 
 async def test_over_streamable_http_the_page_is_served_by_the_app(tmp_path: Path) -> None:
@@ -283,14 +316,61 @@ async def test_over_streamable_http_the_page_is_served_by_the_app(tmp_path: Path
     with http_server(env, args) as srv:
         async with anyio.create_task_group() as tg:
             tg_holder["tg"] = tg
-            async with http_session(srv.url, accepting_and_submitting(pages, posts), seen) as session:
-                result = await session.call_tool("store_credential", ARGS)
+            async with http_session(srv.url, accepting_and_submitting(pages, posts), seen) as client:
+                result = await client.call_tool("store_credential", ARGS)
         stderr = srv.err.text()
     assert result.is_error is False, result
     assert seen[0].url.startswith(srv.url + "/secure-input/")
     assert pages[0].status_code == 200 and posts[0].status_code == 200  # no bearer token needed
     assert stored_value(tmp_path / "s.db") == VALUE
     assert VALUE not in stderr and TOKEN not in stderr
+
+
+async def test_over_legacy_sse_the_page_works_too(tmp_path: Path) -> None:
+    """SSE is initialize-era only, so there is no 2026 variant of this transport."""
+    env = child_env(DANUBE_MCP_LOG_LEVEL="DEBUG", DANUBE_MCP_AUTH_TOKEN=TOKEN)
+    args = ("--transport", "sse", "--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input")
+    seen: list[types.ElicitRequestURLParams] = []
+    pages: list[httpx2.Response] = []
+    posts: list[httpx2.Response] = []
+    with http_server(env, args) as srv:
+        async with anyio.create_task_group() as tg:
+            tg_holder["tg"] = tg
+            async with mcp_sse(
+                f"{srv.url}/sse",
+                headers={"authorization": f"Bearer {TOKEN}"},
+                elicitation_callback=callback(accepting_and_submitting(pages, posts), seen),
+            ) as client:
+                result = await client.call_tool("store_credential", ARGS)
+        stderr = srv.err.text()
+    assert result.is_error is False, result
+    assert seen[0].url.startswith(srv.url + "/secure-input/")
+    assert pages[0].status_code == 200 and posts[0].status_code == 200
+    assert stored_value(tmp_path / "s.db") == VALUE
+    assert VALUE not in stderr and TOKEN not in stderr and VALUE not in result.model_dump_json()
+
+
+async def test_a_2026_client_over_streamable_http_without_a_value_is_asked_for_it(tmp_path: Path) -> None:
+    env = child_env(DANUBE_MCP_LOG_LEVEL="DEBUG", DANUBE_MCP_AUTH_TOKEN=TOKEN)
+    args = ("--transport", "http", "--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input")
+    seen: list[types.ElicitRequestURLParams] = []
+
+    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept")
+
+    with http_server(env, args) as srv:
+        async with http_session(srv.url, handler, seen, mode=MODERN) as client:
+            assert client.protocol_version == MODERN
+            result = await client.call_tool("store_credential", ARGS)
+            assert stored_value(tmp_path / "s.db") is None
+            with_value = await client.call_tool("store_credential", {**ARGS, "credential_value": VALUE})
+        stderr = srv.err.text()
+    assert result.is_error is True
+    assert NOT_YET in result.content[0].text  # type: ignore[union-attr]
+    assert seen == [] and "/secure-input/" not in stderr
+    assert with_value.is_error is False  # the way the error points to works on the same connection
+    assert stored_value(tmp_path / "s.db") == VALUE
+    assert VALUE not in stderr + result.model_dump_json() + with_value.model_dump_json()
 
 
 async def test_stateless_http_cannot_elicit_and_says_so(tmp_path: Path) -> None:
@@ -309,8 +389,8 @@ async def test_stateless_http_cannot_elicit_and_says_so(tmp_path: Path) -> None:
         return types.ElicitResult(action="accept")
 
     with http_server(env, (*args, "--secure-input")) as srv:
-        async with http_session(srv.url, handler, seen) as session:
-            result = await session.call_tool("store_credential", ARGS)
+        async with http_session(srv.url, handler, seen) as client:
+            result = await client.call_tool("store_credential", ARGS)
     assert result.is_error is True and "cannot open a secure input page" in result.content[0].text  # type: ignore[union-attr]
     assert seen == []
     assert stored_value(tmp_path / "s.db") is None
@@ -357,8 +437,8 @@ async def test_local_listener_refuses_foreign_host_headers(tmp_path: Path) -> No
             statuses["own"] = (await hc.get(params.url)).status_code
         return types.ElicitResult(action="decline")
 
-    async with stdio_session(tmp_path, handler, seen, Tap()) as (session, _):
-        await session.call_tool("store_credential", ARGS)
+    async with stdio_session(tmp_path, handler, seen, Tap()) as (client, _):
+        await client.call_tool("store_credential", ARGS)
     assert statuses == {"foreign": 421, "own": 200}
 
 

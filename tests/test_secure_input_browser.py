@@ -74,8 +74,8 @@ async def test_the_page_in_headless_chromium(tmp_path: Path) -> None:
                 return types.ElicitResult(action="accept")
 
             async with anyio.create_task_group() as tg:
-                async with stdio_session(tmp_path, handler, seen, Tap()) as (session, err):
-                    result = await session.call_tool("store_credential", ARGS)
+                async with stdio_session(tmp_path, handler, seen, Tap()) as (client, err):
+                    result = await client.call_tool("store_credential", ARGS)
                     stderr = err.text()
         finally:
             await browser.close()

@@ -225,15 +225,15 @@ def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tupl
     start = body.lstrip()[:1]
     if not start:
         return None  # an empty body is left to the SDK to refuse
-    if start != b"{":
-        if start == b"[":
-            return 400, -32600, "Invalid Request: batches are not supported"
-        return 400, -32600, "Invalid Request: the body must be one JSON-RPC object"
+    if start == b"[":
+        return 400, -32600, "Invalid Request: batches are not supported"
     try:
         message = loads_strict(body)
     except ValueError:
         # The SDK answers invalid UTF-8 or absurdly deep JSON with a 500 and a traceback.
         return 400, -32700, "Parse error: the body is not valid JSON"
+    if not isinstance(message, dict):
+        return 400, -32600, "Invalid Request: the body must be one JSON-RPC object"
     params = message.get("params") if isinstance(message, dict) else None
     meta = params.get("_meta") if isinstance(params, dict) else None
     claimed = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None

@@ -399,6 +399,17 @@ class DanubeHttpApp:
             await _drain(receive)
             await _send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
             return
+        if (
+            is_mcp
+            and scope["method"] == "GET"
+            and "text/event-stream" not in (header(scope, b"accept") or "")
+        ):
+            # The SDK would open the stream anyway; the spec says a GET must accept SSE.
+            await _drain(receive)
+            await _send_json(
+                send, 406, _jsonrpc_error(-32600, "Not Acceptable: GET must accept text/event-stream")
+            )
+            return
         opening = False
         if scope["method"] == "POST":
             body = await read_body(scope, receive, MAX_BODY_BYTES)
@@ -451,6 +462,10 @@ class DanubeHttpApp:
         elif path == SSE_PATH and self.sse is not None:
             await self._serve_sse(scope, receive, send, identity)
         elif path == MESSAGES_PATH and self.sse is not None:
+            if scope["method"] != "POST":
+                await _drain(receive)
+                await _send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
+                return
             if not _session_param_ok(scope):
                 # Checked here because the SDK logs a malformed session id verbatim.
                 await _drain(receive)

@@ -249,11 +249,11 @@ def test_login_denied_and_refused_start(home: Path) -> None:
     with DeviceServer([(400, {"error": "access_denied"})], interval=0.1) as srv:
         proc = run(["login", "--api-url", srv.url], env_for(home))
     assert proc.returncode == 1 and "denied" in proc.stderr.decode()
-    # A server without the device flow: one clear line naming the URL setting.
+    # A URL with a path is refused before any request (the base address is wanted): exit 2.
     with DeviceServer([]) as srv:
         proc = run(["login", "--api-url", srv.url + "/nothing-here"], env_for(home))
     err = proc.stderr.decode()
-    assert proc.returncode == 1 and "HTTP 404" in err and "--api-url" in err
+    assert proc.returncode == 2 and "without a path" in err and "--api-url" in err
     assert len(err.strip().splitlines()) == 1
     assert not cred_path(home).exists()
 

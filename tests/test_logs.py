@@ -55,11 +55,14 @@ def test_sdk_lines_with_bodies_are_dropped(stream: io.StringIO, line: str) -> No
     assert stream.getvalue() == ""
 
 
-def test_sdk_debug_is_pinned_to_info(stream: io.StringIO) -> None:
+def test_sdk_is_pinned_to_warning(stream: io.StringIO) -> None:
+    # The SDK's DEBUG lines carry bodies and its INFO lines session ids.
     logging.getLogger("mcp.server.sse").debug("debug detail")
     logging.getLogger("mcp.server.sse").info("info line")
+    logging.getLogger("mcp.server.sse").warning("warning line")
     assert "debug detail" not in stream.getvalue()
-    assert "info line" in stream.getvalue()
+    assert "info line" not in stream.getvalue()
+    assert "warning line" in stream.getvalue()
 
 
 def test_registry_counts_and_repr() -> None:

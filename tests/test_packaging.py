@@ -44,7 +44,7 @@ SCHEMA_URL = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.s
 SCHEMA_SHA256 = "3fba09590c99f61735d234822279f4223fab9e300c0a81e81c91ab62a4114de0"
 SERVER_JSON = json.loads((REPO / "server.json").read_text(encoding="utf-8"))
 SERVER_NAME: str = SERVER_JSON["name"]
-INSTALL_DRAFT = REPO / "docs" / "readme-drafts" / "install.md"
+INSTALL_DRAFT = REPO / "docs" / "install.md"
 
 CACHE = Path(os.environ.get("DANUBE_PACKAGING_CACHE") or Path.home() / ".cache" / "danube-mcp-packaging")
 BASE_IMAGE = os.environ.get("DANUBE_TEST_BASE_IMAGE", "localhost/danube-mcp-base:bookworm")
@@ -77,7 +77,7 @@ def require(tool: str | None, what: str) -> str:
     if tool:
         return tool
     message = (
-        f"{what} is not installed: run .ci/setup-packaging --install (see docs/readme-drafts/install.md)"
+        f"{what} is not installed: run .ci/setup-packaging --install (see docs/install.md)"
     )
     if _in_ci():
         pytest.fail(message)
@@ -277,7 +277,7 @@ def test_install_draft_carries_the_mcp_name_marker() -> None:
     assert marker in INSTALL_DRAFT.read_text(encoding="utf-8").splitlines()
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     if "mcp-name:" not in readme:
-        message = f"README.md lacks the line {marker!r} (fold docs/readme-drafts/install.md into it)"
+        message = f"README.md lacks the line {marker!r} (fold docs/install.md into it)"
         if _in_ci():
             pytest.fail(message)
         pytest.skip(message)
@@ -615,7 +615,7 @@ def test_image_serves_http_read_only_with_a_token_file(image: str, tmp_path: Pat
            "-v", f"{token_file}:/run/secrets/danube_mcp_token:ro",
            "-e", "DANUBE_MCP_AUTH_TOKEN_FILE=/run/secrets/danube_mcp_token",
            "-e", "DANUBE_MCP_ALLOWED_HOSTS=localhost", "-e", "DANUBE_MCP_JSON_RESPONSE=true",
-           "-e", "DANUBE_MCP_SANDBOX=true", "-e", "DANUBE_MCP_SANDBOX_DB=/tmp/sandbox.db",
+           "-e", "DANUBE_MCP_SANDBOX=true", "-e", "DANUBE_MCP_SANDBOX_DB=/tmp/danube-mcp/sandbox.db",
            "-e", f"DANUBE_API_KEY={API_KEY_CANARY}", image)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

@@ -400,7 +400,9 @@ class CredentialStore:
 
 def _open_db_file(path: str) -> int:
     """Open the database file ourselves (create it 0600 if missing), never through a link, and keep the
-    descriptor until SQLite has opened the same file (same device and inode), so a swap is caught."""
+    descriptor until SQLite has opened the same file (same device and inode), so a swap is caught.
+
+    The descriptor must be closed before SQLite takes any lock (see :func:`_sqlite_connect`)."""
     if lstat_private(path, "sandbox database") is None:
         return create_private(path, "sandbox database")
     return open_private(path, "sandbox database", write=True)
@@ -453,24 +455,44 @@ def open_store(
         ensure_private_folder(Path(os.path.abspath(path)).parent)
         _check_side_files(path)
         guard_fd = _open_db_file(path)
+    return _connect(path, key, source, in_memory, guard_fd)
+
+
+def _sqlite_connect(path: str, guard_fd: int | None) -> sqlite3.Connection:
+    """Let SQLite open ``path`` (it opens the file but takes no lock yet), check it is the file behind
+    ``guard_fd``, and close ``guard_fd`` before any statement runs.
+
+    SQLite's locks are POSIX record locks, and a process loses all of them on a file the moment it
+    closes *any* descriptor of that file. In WAL mode a connection takes a shared lock on the database
+    file with its first statement and keeps it until it closes: that lock is how other processes know it
+    is there. Closing our descriptor after that would silently drop the lock; the next process to close
+    its connection (a second sandbox, a reader, a backup) would then see itself as the last one,
+    checkpoint and delete the ``-wal``/``-shm`` files under our feet, and every later commit (each
+    acknowledged with a 200) would go into a deleted file and be lost at the next crash."""
     try:
-        return _connect(path, key, source, in_memory, guard_fd)
+        try:
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise SandboxStoreError(f"cannot open sandbox database {path}: {exc}") from None
+        if guard_fd is not None:
+            try:
+                _same_file(guard_fd, path)
+            except BaseException:
+                conn.close()
+                raise
     finally:
         if guard_fd is not None:
-            os.close(guard_fd)
+            os.close(guard_fd)  # before the first statement: SQLite holds no lock on the file yet
+    return conn
 
 
 def _connect(
     path: str, key: bytes | None, source: str, in_memory: bool, guard_fd: int | None
 ) -> CredentialStore:
-    try:
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise SandboxStoreError(f"cannot open sandbox database {path}: {exc}") from None
+    """Open the database (closing ``guard_fd``, see :func:`_sqlite_connect`) and prepare it for use."""
+    conn = _sqlite_connect(path, guard_fd)
     try:
         conn.execute("PRAGMA busy_timeout = 30000")
-        if guard_fd is not None:
-            _same_file(guard_fd, path)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")

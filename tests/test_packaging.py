@@ -76,9 +76,7 @@ def require(tool: str | None, what: str) -> str:
     """The tool's path; without it, skip (locally) or fail (under CI=true) with the reason."""
     if tool:
         return tool
-    message = (
-        f"{what} is not installed: run .ci/setup-packaging --install (see docs/install.md)"
-    )
+    message = f"{what} is not installed: run .ci/setup-packaging --install (see docs/install.md)"
     if _in_ci():
         pytest.fail(message)
     pytest.skip(message)

@@ -41,9 +41,9 @@ from danube_mcp.danube.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
+from danube_mcp.danube.models import StoreRequest, StoreResult
 from danube_mcp.danube.redact import REDACTED, Scrubber, clean_message, key_tail
 from danube_mcp.danube.tls import TrustRoots
-from danube_mcp.tool.schema import StoreRequest, StoreResult
 
 # httpcore runs `import sniffio` on every request to detect the async library. When sniffio is not
 # installed, each of those imports searches sys.path afresh (about 0.15 ms, several per call).

@@ -8,10 +8,11 @@ it), and it runs on every call, where a few dictionary look-ups are much cheaper
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-CredentialType = Literal["bearer", "api_key"]
+from danube_mcp.danube.models import CredentialType, StoreRequest, StoreResult
+
+__all__ = ["CredentialType", "StoreRequest", "StoreResult"]  # re-exported for the tool's callers
 CREDENTIAL_TYPES: Final = ("bearer", "api_key")
 MAX_SERVICE_ID = 256
 MAX_CREDENTIAL_VALUE = 16384
@@ -46,21 +47,6 @@ class ArgumentError(ValueError):
 
 def _json_type(value: object) -> str:
     return _JSON_TYPE_NAMES.get(type(value), "value")
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRequest:
-    service_id: str
-    credential_type: CredentialType
-    # repr=False: a request object in a traceback or log line never shows the secret.
-    credential_value: str = field(repr=False)
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "service_id": self.service_id,
-            "credential_type": self.credential_type,
-            "credential_value": self.credential_value,
-        }
 
 
 ARGUMENT_NAMES: Final = ("service_id", "credential_type", "credential_value")
@@ -137,35 +123,6 @@ def parse_arguments(arguments: object, *, value_optional: bool = False) -> Store
         credential_type=credential_type,  # type: ignore[arg-type]
         credential_value=value if isinstance(value, str) else "",
     )
-
-
-@dataclass(frozen=True, slots=True)
-class StoreResult:
-    """Danube's answer to a successful store."""
-
-    service_id: str
-    service_name: str
-    credential_type: str
-    stored_as: str | None = None
-    notice: str | None = None
-    deprecated: bool | None = None
-
-    def structured(self, *, sandbox: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "success": True,
-            "service_id": self.service_id,
-            "service_name": self.service_name,
-            "credential_type": self.credential_type,
-        }
-        if self.stored_as is not None:
-            out["stored_as"] = self.stored_as
-        if self.deprecated is not None:
-            out["deprecated"] = self.deprecated
-        if self.notice is not None:
-            out["notice"] = self.notice
-        if sandbox:
-            out["sandbox"] = True
-        return out
 
 
 def input_schema(*, value_optional: bool = False) -> dict[str, Any]:

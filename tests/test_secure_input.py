@@ -1,9 +1,9 @@
 """Secure input (URL-mode elicitation): the value goes from a one-time page to the server, never
 through an MCP message. Real processes, real HTTP on 127.0.0.1.
 
-Secure input needs the server-to-client elicitation request, which only initialize-era connections
-have: those tests run the SDK client in ``mode="legacy"``. A 2026-07-28 client (no back-channel,
-multi-round-trip not built yet) gets a clear error asking for ``credential_value``."""
+These tests cover the initialize-era flow (a live ``elicitation/create``, SDK client in
+``mode="legacy"``), the 2026-07-28 multi-round-trip flow through the SDK client's own driver, and the
+page itself. tests/test_secure_input_flows.py covers the link flow and the sealed ``requestState``."""
 
 from __future__ import annotations
 
@@ -196,19 +196,27 @@ async def test_value_entered_on_the_page_is_stored_and_never_in_mcp(tmp_path: Pa
     assert completes and completes[0]["params"]["elicitationId"] == seen[0].elicitation_id
 
 
+@pytest.mark.parametrize("mode", ["legacy", MODERN])
 @pytest.mark.parametrize("action", ["decline", "cancel"])
-async def test_decline_and_cancel_store_nothing(tmp_path: Path, action: str) -> None:
+async def test_decline_and_cancel_store_nothing(tmp_path: Path, action: str, mode: str) -> None:
+    """Cancel ends the request. Decline offers the link flow instead (some hosts decline without
+    asking the user); nothing is stored either way unless the user then uses the new link."""
     seen: list[types.ElicitRequestURLParams] = []
 
     async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
         return types.ElicitResult(action=action)  # type: ignore[arg-type]
 
-    async with stdio_session(tmp_path, handler, seen, Tap()) as (client, _):
+    async with stdio_session(tmp_path, handler, seen, Tap(), mode=mode) as (client, _):
         result = await client.call_tool("store_credential", ARGS)
         late = await submit(seen[0].url)
-    verb = "declined" if action == "decline" else "cancelled"
-    assert result.is_error is True and verb in result.content[0].text  # type: ignore[union-attr]
-    assert "Nothing was stored" in result.content[0].text  # type: ignore[union-attr]
+    text = result.content[0].text  # type: ignore[union-attr]
+    if action == "cancel":
+        assert result.is_error is True and "cancelled" in text and "Nothing was stored" in text
+    else:
+        assert result.is_error is False and "declined" in text
+        assert result.structured_content is not None
+        assert result.structured_content["status"] == "awaiting_user_input"
+        assert result.structured_content["input_url"] != seen[0].url
     assert late.status_code == 410
     assert stored_value(tmp_path / "s.db") is None
 
@@ -259,39 +267,44 @@ async def test_foreign_origin_and_bad_input_are_refused_then_a_good_submit_works
     assert stored_value(tmp_path / "s.db") == VALUE
 
 
-async def test_client_without_url_elicitation_gets_a_clear_error(tmp_path: Path) -> None:
+async def test_client_without_url_elicitation_gets_a_link(tmp_path: Path) -> None:
     async with stdio_session(tmp_path, None, [], Tap()) as (client, _):
         result = await client.call_tool("store_credential", ARGS)
         with_value = await client.call_tool("store_credential", {**ARGS, "credential_value": VALUE})
-    assert result.is_error is True
-    assert "does not support secure input" in result.content[0].text  # type: ignore[union-attr]
+    assert result.is_error is False
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "awaiting_user_input"
+    assert "/secure-input/" in result.content[0].text  # type: ignore[union-attr]
     assert with_value.is_error is False  # passing the value still works
 
 
-NOT_YET = "secure input is not available to this MCP client yet"
-
-
-async def test_a_2026_client_over_stdio_without_a_value_is_asked_for_it(tmp_path: Path) -> None:
-    """2026-07-28 has no server-to-client request: a clear error, no page, nothing stored."""
+async def test_a_2026_client_over_stdio_stores_through_multi_round_trip(tmp_path: Path) -> None:
+    """2026-07-28 has no server-to-client request: the call answers input_required with a URL
+    elicitation, the SDK client's driver opens it and retries, and the retry stores the value."""
     seen: list[types.ElicitRequestURLParams] = []
+    pages: list[httpx2.Response] = []
+    posts: list[httpx2.Response] = []
     tap = Tap()
-
-    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
-        return types.ElicitResult(action="accept")
-
-    async with stdio_session(tmp_path, handler, seen, tap, mode=MODERN) as (client, err):
-        assert client.protocol_version == MODERN
-        result = await client.call_tool("store_credential", ARGS)
-        stderr = err.text()
-    assert result.is_error is True
-    text = result.content[0].text  # type: ignore[union-attr]
-    assert NOT_YET in text and "pass it as credential_value" in text
-    # The client did advertise URL elicitation on the call: the refusal is about the era.
-    call = next(json.loads(line) for line in tap.lines if '"tools/call"' in line)
-    assert "url" in call["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]["elicitation"]
-    assert seen == [] and "elicitation/create" not in tap.text()
-    assert "/secure-input/" not in tap.text() + stderr
-    assert stored_value(tmp_path / "s.db") is None
+    async with anyio.create_task_group() as tg:
+        tg_holder["tg"] = tg
+        async with stdio_session(
+            tmp_path, accepting_and_submitting(pages, posts), seen, tap, mode=MODERN
+        ) as (
+            client,
+            err,
+        ):
+            assert client.protocol_version == MODERN
+            result = await client.call_tool("store_credential", ARGS)
+            stderr = err.text()
+    assert result.is_error is False, result
+    assert result.structured_content is not None and result.structured_content["success"] is True
+    assert seen[0].elicitation_id is None  # removed in 2026-07-28
+    assert posts[0].status_code == 200 and "stored" in posts[0].text.lower()
+    assert stored_value(tmp_path / "s.db") == VALUE
+    # no server-to-client request in 2026: the URL request rides inside the tools/call result
+    assert all(json.loads(line).get("method") != "elicitation/create" for line in tap.lines)
+    assert '"input_required"' in tap.text() and "requestState" in tap.text()
+    assert VALUE not in tap.text() and VALUE not in stderr
 
 
 @asynccontextmanager
@@ -350,30 +363,34 @@ async def test_over_legacy_sse_the_page_works_too(tmp_path: Path) -> None:
     assert VALUE not in stderr and TOKEN not in stderr and VALUE not in result.model_dump_json()
 
 
-async def test_a_2026_client_over_streamable_http_without_a_value_is_asked_for_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stateless", [False, True])
+async def test_a_2026_client_over_streamable_http_stores_through_multi_round_trip(
+    tmp_path: Path, stateless: bool
+) -> None:
     env = child_env(DANUBE_MCP_LOG_LEVEL="DEBUG", DANUBE_MCP_AUTH_TOKEN=TOKEN)
     args = ("--transport", "http", "--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input")
+    if stateless:
+        args = (*args, "--stateless")
     seen: list[types.ElicitRequestURLParams] = []
-
-    async def handler(params: types.ElicitRequestURLParams) -> types.ElicitResult:
-        return types.ElicitResult(action="accept")
-
+    pages: list[httpx2.Response] = []
+    posts: list[httpx2.Response] = []
     with http_server(env, args) as srv:
-        async with http_session(srv.url, handler, seen, mode=MODERN) as client:
-            assert client.protocol_version == MODERN
-            result = await client.call_tool("store_credential", ARGS)
-            assert stored_value(tmp_path / "s.db") is None
-            with_value = await client.call_tool("store_credential", {**ARGS, "credential_value": VALUE})
+        async with anyio.create_task_group() as tg:
+            tg_holder["tg"] = tg
+            async with http_session(
+                srv.url, accepting_and_submitting(pages, posts), seen, mode=MODERN
+            ) as client:
+                assert client.protocol_version == MODERN
+                result = await client.call_tool("store_credential", ARGS)
         stderr = srv.err.text()
-    assert result.is_error is True
-    assert NOT_YET in result.content[0].text  # type: ignore[union-attr]
-    assert seen == [] and "/secure-input/" not in stderr
-    assert with_value.is_error is False  # the way the error points to works on the same connection
+    assert result.is_error is False, result
+    assert seen[0].url.startswith(srv.url + "/secure-input/")
+    assert pages[0].status_code == 200 and posts[0].status_code == 200
     assert stored_value(tmp_path / "s.db") == VALUE
-    assert VALUE not in stderr + result.model_dump_json() + with_value.model_dump_json()
+    assert VALUE not in stderr + result.model_dump_json() and TOKEN not in stderr
 
 
-async def test_stateless_http_cannot_elicit_and_says_so(tmp_path: Path) -> None:
+async def test_stateless_legacy_http_has_no_back_channel_and_offers_a_link(tmp_path: Path) -> None:
     env = child_env(DANUBE_MCP_AUTH_TOKEN=TOKEN)
     args = (
         "--transport",
@@ -391,7 +408,8 @@ async def test_stateless_http_cannot_elicit_and_says_so(tmp_path: Path) -> None:
     with http_server(env, (*args, "--secure-input")) as srv:
         async with http_session(srv.url, handler, seen) as client:
             result = await client.call_tool("store_credential", ARGS)
-    assert result.is_error is True and "cannot open a secure input page" in result.content[0].text  # type: ignore[union-attr]
+    assert result.is_error is False and result.structured_content is not None
+    assert result.structured_content["input_url"].startswith(srv.url + "/secure-input/")
     assert seen == []
     assert stored_value(tmp_path / "s.db") is None
 
@@ -446,8 +464,14 @@ async def test_pages_behind_a_tls_proxy_accept_the_public_origin() -> None:
     from danube_mcp.secure_input import SecureInputBroker
 
     broker = SecureInputBroker(ttl=30, public_url="https://mcp.example.com")
-    entry = broker.create(SERVICE, "bearer", account="the Danube account of the API key ending in ...abcd")
-    url = await broker.url_for(entry)
+    entry, token = await broker.open_entry(
+        SERVICE,
+        "bearer",
+        caller="local",
+        flow="elicit",
+        account="the Danube account of the API key ending in ...abcd",
+    )
+    url = await broker.url_for(token)
     assert url.startswith("https://mcp.example.com/secure-input/")
     transport = httpx2.ASGITransport(app=broker.app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://mcp.example.com") as hc:
@@ -455,9 +479,9 @@ async def test_pages_behind_a_tls_proxy_accept_the_public_origin() -> None:
         assert "ending in ...abcd" in page.text and "Only continue if you asked" in page.text
 
         async def store_when_submitted() -> None:
-            await entry.submitted.wait()
-            assert broker.request_for(entry).credential_value == VALUE
-            entry.finish(True, "The credential was stored.")
+            assert await broker.store.wait_submitted(entry.entry_id, 10)
+            assert await broker.store.take_value(entry.entry_id) == VALUE
+            await broker.store.finish(entry.entry_id, True, "The credential was stored.")
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(store_when_submitted)
@@ -469,5 +493,4 @@ async def test_pages_behind_a_tls_proxy_accept_the_public_origin() -> None:
                     "content-type": "application/x-www-form-urlencoded",
                 },
             )
-    assert r.status_code == 200 and VALUE not in r.text
-    broker.discard(entry)
+    assert r.status_code == 200 and VALUE not in r.text and "stored" in r.text

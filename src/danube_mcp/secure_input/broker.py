@@ -18,20 +18,20 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
+import re
 import secrets
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskGroup
 
-from danube_mcp.logs import SECRETS
-from danube_mcp.tool.schema import ArgumentError, StoreRequest, credential_label, parse_arguments
+from danube_mcp.secure_input.state import StateSealer
+from danube_mcp.secure_input.store import Entry, Flow, MemoryStore, PendingStore, StoreUnavailable
+from danube_mcp.tool.schema import ArgumentError, credential_label, parse_arguments
 from danube_mcp.transports.asgi import Receive, Scope, Send, header, read_body
 
 logger = logging.getLogger("danube_mcp.secure_input")
@@ -56,38 +56,6 @@ SECURITY_HEADERS: Final = (
 )
 
 
-@dataclass(eq=False)
-class PendingInput:
-    """One open request for a credential. The value is held only until the store is done."""
-
-    token: str = field(repr=False)
-    elicitation_id: str
-    service_id: str
-    credential_type: str
-    expires_at: float
-    account: str = ""  # a masked hint of the Danube account the value will be stored into
-    submitted: anyio.Event = field(default_factory=anyio.Event, repr=False)
-    done: anyio.Event = field(default_factory=anyio.Event, repr=False)
-    value: str | None = field(default=None, repr=False)
-    outcome: str = ""
-    ok: bool = False
-    closed: bool = False
-
-    def remaining(self) -> float:
-        return max(0.0, self.expires_at - time.monotonic())
-
-    def open(self) -> bool:
-        return not self.closed and not self.submitted.is_set() and self.remaining() > 0
-
-    def take_value(self) -> str:
-        value, self.value = self.value or "", None
-        return value
-
-    def finish(self, ok: bool, outcome: str) -> None:
-        self.ok, self.outcome, self.closed = ok, outcome, True
-        self.done.set()
-
-
 class _QuietServer:
     """uvicorn without its signal handling: the stdio server owns SIGINT/SIGTERM."""
 
@@ -107,12 +75,21 @@ class _QuietServer:
 
 
 class SecureInputBroker:
-    """The open entries, their pages, and (for stdio) the local listener."""
+    """The pages, the sealer for ``requestState``, and (for stdio) the local listener. Entries
+    live in a :class:`~danube_mcp.secure_input.store.PendingStore`."""
 
-    def __init__(self, *, ttl: float = DEFAULT_TTL, public_url: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_TTL,
+        public_url: str | None = None,
+        store: PendingStore | None = None,
+        sealer: StateSealer | None = None,
+    ) -> None:
         self.ttl = ttl
         self.public_url = public_url.rstrip("/") if public_url else None
-        self._entries: dict[str, PendingInput] = {}
+        self.store: PendingStore = store if store is not None else MemoryStore()
+        self.sealer = sealer if sealer is not None else StateSealer()
         self._task_group: TaskGroup | None = None
         self._listener_url: str | None = None
         self._listener: Any = None
@@ -162,41 +139,31 @@ class SecureInputBroker:
 
     # -- entries -------------------------------------------------------------------------------
 
-    def create(self, service_id: str, credential_type: str, *, account: str = "") -> PendingInput:
-        self._sweep()
-        entry = PendingInput(
-            token=secrets.token_urlsafe(32),
-            elicitation_id=uuid.uuid4().hex,
+    async def open_entry(
+        self, service_id: str, credential_type: str, *, caller: str, flow: Flow, account: str = ""
+    ) -> tuple[Entry, str]:
+        """A new pending entry and the token of its page link."""
+        entry = Entry(
+            entry_id=secrets.token_hex(16),
             service_id=service_id,
             credential_type=credential_type,
-            expires_at=time.monotonic() + self.ttl,
+            caller=caller,
+            flow=flow,
+            expires_at=time.time() + self.ttl,
             account=account,
         )
-        self._entries[entry.token] = entry
-        SECRETS.add(entry.token)  # an access log line with the link's path must not show it
-        return entry
+        token = secrets.token_urlsafe(32)
+        await self.store.put(entry, token)
+        return entry, token
 
-    def discard(self, entry: PendingInput, outcome: str = "This request was cancelled.") -> None:
-        if self._entries.pop(entry.token, None) is not None:
-            SECRETS.remove(entry.token)
-        entry.value = None
-        if not entry.closed:
-            entry.finish(False, outcome)
-
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for entry in list(self._entries.values()):
-            if entry.closed or entry.expires_at <= now:
-                self.discard(entry, "This link expired. Nothing was stored.")
-
-    async def url_for(self, entry: PendingInput, request: Any = None) -> str:
+    async def url_for(self, token: str, request: Any = None) -> str:
         if self.public_url:
             base = self.public_url
         elif request is not None:
             base = f"{request.url.scheme}://{request.headers.get('host', '127.0.0.1')}"
         else:
             base = await self._local_base_url()
-        return f"{base}{PATH_PREFIX}{entry.token}"
+        return f"{base}{PATH_PREFIX}{token}"
 
     # -- the pages (ASGI) ----------------------------------------------------------------------
 
@@ -207,13 +174,23 @@ class SecureInputBroker:
         if not path.startswith(PATH_PREFIX):
             await _page(send, 404, "Not found", "There is nothing here.")
             return
-        token = path[len(PATH_PREFIX) :]
-        entry = self._entries.get(token)
         method = scope["method"]
         if method not in ("GET", "POST"):
             await _page(send, 405, "Method not allowed", "Use the form on this page.", allow=b"GET, POST")
             return
-        if entry is None or not entry.open():
+        token = path[len(PATH_PREFIX) :]
+        try:
+            entry = await self.store.by_token(token) if _TOKEN.fullmatch(token) else None
+        except StoreUnavailable:
+            await _page(
+                send,
+                503,
+                "Try again",
+                "The server cannot reach its shared state just now. "
+                "Reload this page in a moment; the link stays valid until it expires.",
+            )
+            return
+        if entry is None or not entry.is_open():
             await _page(
                 send,
                 410,
@@ -227,7 +204,7 @@ class SecureInputBroker:
             return
         await self._submit(entry, scope, receive, send)
 
-    async def _submit(self, entry: PendingInput, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _submit(self, entry: Entry, scope: Scope, receive: Receive, send: Send) -> None:
         origin = header(scope, b"origin")
         own = {f"{scope.get('scheme', 'http')}://{header(scope, b'host') or ''}".lower()}
         if self.public_url:  # behind a TLS-terminating proxy the browser's origin is the public one
@@ -244,10 +221,15 @@ class SecureInputBroker:
         if body is None:
             await _page(send, 413, "Too large", "The value is too long.")
             return
-        try:
-            fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError:
-            fields = {}
+        fields = strict_form(body)
+        if fields is None:
+            await _page(
+                send,
+                400,
+                "Please check the value",
+                form=_form(entry, error="The form arrived garbled (bad encoding). Type the value again."),
+            )
+            return
         values = fields.get("credential_value", [])
         try:
             request = parse_arguments(
@@ -261,26 +243,89 @@ class SecureInputBroker:
             problem = str(exc).replace("credential_value: ", "")
             await _page(send, 400, "Please check the value", form=_form(entry, error=problem))
             return
-        if not entry.open():  # lost a race with expiry or another submission
+        try:
+            accepted = await self.store.submit(entry.entry_id, request.credential_value)
+        except StoreUnavailable:
+            await _page(
+                send,
+                503,
+                "Not received",
+                "The server cannot reach its shared state just now. "
+                "Nothing was stored. Reload this page in a moment and enter the value again.",
+            )
+            return
+        if not accepted:  # lost a race with expiry or another submission
             await _page(send, 410, "Link no longer valid", "This link has expired or was already used.")
             return
-        entry.value = request.credential_value
-        entry.submitted.set()
-        with anyio.move_on_after(max(entry.remaining(), 60.0)):
-            await entry.done.wait()
-        title = "Stored" if entry.ok else "Not stored"
-        outcome = entry.outcome or "The request ended without an answer."
-        await _page(send, 200 if entry.ok else 502, title, outcome + " You can close this tab.")
+        if entry.flow == "link":
+            await _page(
+                send,
+                200,
+                "Received",
+                "danube-mcp has the value. Go back to your assistant and tell it you have entered "
+                "the credential: it finishes storing it when it calls store_credential again. "
+                "You can close this tab.",
+            )
+            return
+        finished = None
+        with contextlib.suppress(StoreUnavailable):
+            finished = await self.store.wait_finished(entry.entry_id, max(entry.remaining(), 60.0))
+        if finished is None:
+            await _page(
+                send,
+                200,
+                "Received",
+                "danube-mcp has the value; your assistant is finishing the store. You can close this tab.",
+            )
+            return
+        title = "Stored" if finished.ok else "Not stored"
+        outcome = finished.outcome or "The request ended without an answer."
+        await _page(send, 200 if finished.ok else 502, title, outcome + " You can close this tab.")
 
-    def request_for(self, entry: PendingInput) -> StoreRequest:
-        return StoreRequest(
-            service_id=entry.service_id,
-            credential_type=entry.credential_type,  # type: ignore[arg-type]
-            credential_value=entry.take_value(),
-        )
+
+_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
-def _form(entry: PendingInput, error: str | None = None) -> str:
+def strict_form(body: bytes) -> dict[str, list[str]] | None:
+    """``application/x-www-form-urlencoded`` decoded strictly: None for bad percent-encoding or
+    bytes that are not UTF-8 (``parse_qs`` would turn those into U+FFFD and store a wrong value)."""
+    fields: dict[str, list[str]] = {}
+    if not body:
+        return fields
+    for pair in body.split(b"&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition(b"=")
+        try:
+            key = _unquote(name)
+            fields.setdefault(key, []).append(_unquote(value))
+        except ValueError:
+            return None
+    return fields
+
+
+def _unquote(raw: bytes) -> str:
+    raw = raw.replace(b"+", b" ")
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        byte = raw[i]
+        if byte == 0x25:  # "%"
+            pair = raw[i + 1 : i + 3]
+            if len(pair) != 2 or not all(c in _HEX for c in pair):
+                raise ValueError("bad percent-encoding")
+            out.append(int(pair, 16))
+            i += 3
+        else:
+            out.append(byte)
+            i += 1
+    return out.decode("utf-8")  # UnicodeDecodeError is a ValueError
+
+
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _form(entry: Entry, error: str | None = None) -> str:
     kind = credential_label(entry.credential_type)
     problem = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     return (

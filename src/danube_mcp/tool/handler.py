@@ -14,7 +14,6 @@ Every failure becomes an ``isError: true`` result here, and only here.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -24,7 +23,6 @@ import mcp_types as types
 from mcp.server.caching import CacheHint
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from danube_mcp import __version__
 from danube_mcp.danube.client import DanubeClient
@@ -40,6 +38,7 @@ from danube_mcp.tool.schema import (
     input_schema,
     parse_arguments,
 )
+from danube_mcp.tool.secure_flows import Result, SecureInputFlows
 
 logger = logging.getLogger("danube_mcp.tool.handler")
 
@@ -105,11 +104,6 @@ def error_result(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
 
 
-def is_modern(ctx: Any) -> bool:
-    """True when the request speaks 2026-07-28 (per-request ``_meta``, no back-channel)."""
-    return getattr(ctx, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
-
-
 def summary_text(result: StoreResult) -> str:
     kind = credential_label(result.credential_type)
     text = (
@@ -147,6 +141,7 @@ class StoreCredentialTool:
         self.secure_input = secure_input
         self.elicitation_possible = elicitation_possible
         self._prefix = SANDBOX_PREFIX if sandbox else ""
+        self._flows = SecureInputFlows(self, secure_input) if secure_input is not None else None
         # Calls in flight, so a graceful shutdown can wait for them and then stop the rest cleanly.
         self.in_flight = 0
         self._scopes: set[anyio.CancelScope] = set()
@@ -177,7 +172,7 @@ class StoreCredentialTool:
         problem = self.api_key_problem or "not set"
         return f"No Danube API key is configured: DANUBE_API_KEY is {problem}. {MISSING_KEY_HELP}"
 
-    async def __call__(self, params: types.CallToolRequestParams, ctx: Any = None) -> types.CallToolResult:
+    async def __call__(self, params: types.CallToolRequestParams, ctx: Any = None) -> Result:
         """Handle one call. ``ctx`` is the SDK's request context (session, request id, HTTP request)."""
         scope = anyio.CancelScope()
         self._scopes.add(scope)
@@ -196,7 +191,7 @@ class StoreCredentialTool:
             if self.in_flight == 0 and self._idle is not None:
                 self._idle.set()
 
-    async def _call(self, params: types.CallToolRequestParams, ctx: Any) -> types.CallToolResult:
+    async def _call(self, params: types.CallToolRequestParams, ctx: Any) -> Result:
         if params.name != TOOL_NAME:
             return self._error(f"Unknown tool. This server has one tool: {TOOL_NAME}.")
         try:
@@ -217,7 +212,8 @@ class StoreCredentialTool:
             return self._error(self._missing_key_message())
 
         if not store.credential_value:
-            return await self._store_with_secure_input(store, key, ctx)
+            assert self._flows is not None  # the value is only optional with secure input
+            return await self._flows.run(store, key, ctx, params)
         result, _ = await self._store(store, key)
         return result
 
@@ -250,92 +246,6 @@ class StoreCredentialTool:
                 None,
             )
         return self._error(text), self._prefix + text
-
-    async def _store_with_secure_input(
-        self, store: StoreRequest, key: str | None, ctx: Any
-    ) -> types.CallToolResult:
-        """No value given: ask the user for it on a one-time page (URL-mode elicitation)."""
-        broker = self.secure_input
-        assert broker is not None
-        if is_modern(ctx):
-            return self._error(
-                "credential_value is required: secure input is not available to this MCP client yet. "
-                "Ask the user for the credential, confirm, and pass it as credential_value."
-            )
-        if not self.elicitation_possible or ctx is None:
-            return self._error(
-                "credential_value is required: this server's transport (stateless or JSON-response "
-                "HTTP) cannot open a secure input page. Ask the user for the credential and pass it "
-                "as credential_value, or connect over stdio, SSE or stateful streamable HTTP."
-            )
-        session = ctx.session
-        caps = session.client_capabilities
-        if not (caps and caps.elicitation and caps.elicitation.url is not None):
-            return self._error(
-                "credential_value is required: this MCP client does not support secure input "
-                "(URL-mode elicitation). Ask the user to provide the credential, confirm, and pass it "
-                "as credential_value."
-            )
-        tail = self.client.key_tail(key)
-        account = f"the Danube account of the API key ending in ...{tail}" if tail else ""
-        entry = broker.create(store.service_id, store.credential_type, account=account)
-        try:
-            url = await broker.url_for(entry, getattr(ctx, "request", None))
-            kind = credential_label(store.credential_type)
-            answer = None
-            # The link's lifetime bounds the wait for the client's answer too.
-            with anyio.move_on_after(entry.remaining()):
-                answer = await session.elicit_url(
-                    message=(
-                        f"Enter the {kind} for Danube service {store.service_id} on a private page. "
-                        "It goes straight to danube-mcp; the assistant never sees it."
-                    ),
-                    url=url,
-                    elicitation_id=entry.elicitation_id,
-                    related_request_id=ctx.request_id,
-                )
-            if answer is None:
-                broker.discard(entry, "This link expired. Nothing was stored.")
-                return self._error(
-                    "The MCP client did not answer the secure input request before the link expired. "
-                    "Nothing was stored; call the tool again (without credential_value) for a new link."
-                )
-            if answer.action != "accept":
-                verb = "declined" if answer.action == "decline" else "cancelled"
-                broker.discard(entry, f"The request was {verb} in your MCP client. Nothing was stored.")
-                return self._error(
-                    f"The user {verb} entering the credential. Nothing was stored; do not retry "
-                    "unless the user asks to."
-                )
-            with anyio.move_on_after(entry.remaining()):
-                await entry.submitted.wait()
-            if not entry.submitted.is_set():
-                broker.discard(entry, "This link expired. Nothing was stored.")
-                return self._error(
-                    "The secure input page expired before the credential was entered. Nothing was "
-                    "stored; call the tool again (without credential_value) for a new link."
-                )
-            result, error_text = await self._store(broker.request_for(entry), key, strict_fields=True)
-            if error_text is None:
-                entry.finish(True, "The credential was stored.")
-            else:
-                entry.finish(False, error_text)
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await session.send_elicit_complete(entry.elicitation_id, related_request_id=ctx.request_id)
-            return result
-        except MCPError:
-            return self._error(
-                "The MCP client could not open the secure input page. Ask the user for the credential "
-                "and pass it as credential_value."
-            )
-        finally:
-            broker.discard(
-                entry,
-                "This request was cancelled while the credential was being stored: it may or may "
-                "not have been stored."
-                if entry.submitted.is_set()
-                else "This request was cancelled. Nothing was stored.",
-            )
 
 
 # How long a client may cache the tool list and the discovery answer. Both are fixed for the life
@@ -373,7 +283,7 @@ def build_server(
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)
 
-    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Result:
         return await tool(params, ctx)
 
     hint = CacheHint(ttl_ms=LIST_TTL_MS, scope="public")

@@ -175,6 +175,16 @@ OUTPUT_SCHEMA: Final[dict[str, Any]] = {
         "deprecated": {"type": "boolean"},
         "notice": {"type": "string"},
         "sandbox": {"type": "boolean", "description": "true when served by the local sandbox"},
+        "status": {
+            "type": "string",
+            "enum": ["awaiting_user_input"],
+            "description": "only when success is false: the user must enter the value on input_url",
+        },
+        "input_url": {
+            "type": "string",
+            "description": "a one-time link for the user (secure input); it never carries the secret",
+        },
+        "expires_in_seconds": {"type": "integer", "description": "how long input_url stays valid"},
     },
-    "required": ["success", "service_id", "service_name", "credential_type"],
+    "required": ["success", "service_id", "credential_type"],
 }

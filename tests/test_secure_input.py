@@ -118,7 +118,7 @@ async def submit(url: str, value: str = VALUE, origin: str | None = "same") -> h
         headers["origin"] = base.group(1)
     elif origin is not None:
         headers["origin"] = origin
-    async with httpx2.AsyncClient() as hc:
+    async with httpx2.AsyncClient(timeout=30) as hc:  # a page may wait for the store's outcome
         return await hc.post(
             url, content=f"credential_value={httpx2.QueryParams({'v': value})['v']}", headers=headers
         )

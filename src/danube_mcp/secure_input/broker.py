@@ -40,6 +40,8 @@ logger = logging.getLogger("danube_mcp.secure_input")
 PATH_PREFIX: Final = "/secure-input/"
 DEFAULT_TTL: Final = 300.0
 MAX_FORM_BYTES: Final = 64 * 1024
+# How long a page POST in the 2026 flow waits for the client's retry to report the outcome.
+MRTR_PAGE_WAIT: Final = 15.0
 
 SECURITY_HEADERS: Final = (
     (b"cache-control", b"no-store"),
@@ -269,7 +271,10 @@ class SecureInputBroker:
             return
         finished = None
         with contextlib.suppress(StoreUnavailable):
-            finished = await self.store.wait_finished(entry.entry_id, max(entry.remaining(), 60.0))
+            # 2025: the call is already waiting for the value and stores at once. 2026: the client
+            # retries within moments; if it does not, the page need not hang for it.
+            wait = max(entry.remaining(), 60.0) if entry.flow == "elicit" else MRTR_PAGE_WAIT
+            finished = await self.store.wait_finished(entry.entry_id, wait)
         if finished is None:
             await _page(
                 send,

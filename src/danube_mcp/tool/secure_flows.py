@@ -43,7 +43,7 @@ logger = logging.getLogger("danube_mcp.tool.secure_input")
 INPUT_KEY: Final = "credential"
 # How long one retry waits for the page before answering "still waiting" (a fresh state). The
 # SDK clients retry up to ten rounds, so a round is at least a tenth of the link's lifetime.
-MIN_ROUND_WAIT: Final = 20.0
+MIN_ROUND_WAIT: Final = 1.0
 # How long a link-flow check waits for a value that may be on its way from the page.
 LINK_CHECK_WAIT: Final = 5.0
 

@@ -126,3 +126,13 @@ def test_no_machine_local_paths(doc: Path) -> None:
         if MACHINE_LOCAL.search(line)
     ]
     assert not hits, f"{doc.relative_to(REPO)} names a path of one machine: " + "; ".join(hits)
+
+
+def test_readme_clone_step_uses_the_published_repository() -> None:
+    """The clone URL is the one server.json publishes: when the owner changes, both change."""
+    import json
+
+    url = json.loads((REPO / "server.json").read_text(encoding="utf-8"))["repository"]["url"]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    clones = re.findall(r"^git clone (\S+)", readme, re.MULTILINE)
+    assert clones == [f"{url}.git"], f"README's clone step should be 'git clone {url}.git': {clones}"

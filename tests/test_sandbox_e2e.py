@@ -179,11 +179,15 @@ def test_examples_over_stdio(sandbox: Any) -> None:
     assert SECRET not in out.stdout + out.stderr
 
 
-def test_readme_shows_the_tested_examples() -> None:
+def test_docs_show_the_tested_examples() -> None:
+    """docs/agent-code.md shows the examples these tests run, verbatim; the README links both."""
+    page = (REPO / "docs" / "agent-code.md").read_text(encoding="utf-8")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "(docs/agent-code.md)" in readme
     for name in ("store_over_stdio.py", "in_process.py"):
         body = (REPO / "examples" / name).read_text(encoding="utf-8")
-        assert body.strip() in readme, f"README's copy of examples/{name} is out of date"
+        assert body.strip() in page, f"docs/agent-code.md's copy of examples/{name} is out of date"
+        assert f"(examples/{name})" in readme
 
 
 def test_mcp_json_example_matches_the_readme() -> None:

@@ -404,3 +404,17 @@ def test_draining_refuses_only_new_sessions() -> None:
     assert _opens_session({"headers": [(b"mcp-session-id", b"abc")]}, "/mcp") is False
     assert _opens_session({"headers": []}, "/sse") is True
     assert _opens_session({"headers": []}, "/messages/") is False
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_http_caller_without_a_key_is_told_to_send_the_header(mode: str) -> None:
+    """Over HTTP the fix is the caller's header, not a desktop host's config file (issue 15.4)."""
+    with http_server(child_env(), ("--transport", "streamable-http")) as srv:
+        async with mcp_http(f"{srv.url}/mcp", mode=mode) as client:
+            result = await client.call_tool(
+                "store_credential",
+                {"service_id": "svc_1", "credential_type": "bearer", "credential_value": "sk-CANARY-nokey-1234"},
+            )
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert result.is_error is True and "'danube-api-key' HTTP header" in text
+    assert "claude_desktop_config" not in text and "sk-CANARY" not in text

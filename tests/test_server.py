@@ -95,7 +95,7 @@ async def test_tools_list_schema_is_exact() -> None:
     assert value["format"] == "password"
     assert value["maxLength"] == MAX_CREDENTIAL_VALUE
     assert tool.output_schema is not None
-    assert tool.output_schema["required"] == ["success", "service_id", "service_name", "credential_type"]
+    assert tool.output_schema["required"] == ["success", "service_id", "credential_type"]
     ann = tool.annotations
     assert ann is not None
     assert (ann.read_only_hint, ann.destructive_hint, ann.idempotent_hint, ann.open_world_hint) == (

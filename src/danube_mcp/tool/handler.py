@@ -79,7 +79,9 @@ class CallerKeyError(Exception):
 SECURE_INPUT_NOTE: Final = (
     "\n\nSecure input is available: omit credential_value and the user will be asked to enter the "
     "credential on a private page that you never see. Prefer this whenever the user has not already "
-    "pasted the credential into the conversation."
+    "pasted the credential into the conversation. If the result gives you a link instead "
+    "(status 'awaiting_user_input'), show it to the user and, once they have entered the value, "
+    "call store_credential again with the same service_id and credential_type and no value."
 )
 
 
@@ -164,7 +166,7 @@ class StoreCredentialTool:
         return error_result(self._prefix + text)
 
     def _missing_key_message(self) -> str:
-        if self.require_client_key:
+        if self.require_client_key or self.caller_key is not None:  # over HTTP: the caller's header
             return (
                 "This server needs your own Danube API key: send it in the 'danube-api-key' HTTP "
                 "header of your MCP connection (configure the header in your MCP host), then retry."

@@ -371,9 +371,9 @@ def test_string_and_large_integer_ids_are_echoed_exactly(server: RawStdio) -> No
     ids=["result", "error"],
 )
 def test_response_with_unknown_id_is_not_answered(server: RawStdio, message: dict[str, Any]) -> None:
-    # A response is never answered (JSON-RPC 2.0 section 5). The SDK may emit a log notification;
-    # nothing with an id may come back, and nothing may quote the stray message.
-    assert answers(server, line(message)) == []
+    # A response is never answered (JSON-RPC 2.0 section 5): nothing at all comes back, not even a
+    # notification, and nothing quotes the stray message.
+    assert exchange(server, line(message)) == []
     assert_stderr_clean(server)
 
 

@@ -413,7 +413,11 @@ async def test_http_caller_without_a_key_is_told_to_send_the_header(mode: str) -
         async with mcp_http(f"{srv.url}/mcp", mode=mode) as client:
             result = await client.call_tool(
                 "store_credential",
-                {"service_id": "svc_1", "credential_type": "bearer", "credential_value": "sk-CANARY-nokey-1234"},
+                {
+                    "service_id": "svc_1",
+                    "credential_type": "bearer",
+                    "credential_value": "sk-CANARY-nokey-1234",
+                },
             )
     text = result.content[0].text  # type: ignore[union-attr]
     assert result.is_error is True and "'danube-api-key' HTTP header" in text

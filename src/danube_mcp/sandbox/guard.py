@@ -7,10 +7,9 @@ are allowed by default; more come from ``--allowed-host`` / ``--allowed-origin``
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from danube_mcp.transports.asgi import send_json
 from danube_mcp.transports.http_options import Allowlist
 
 
@@ -63,16 +62,5 @@ class HostOriginGuard:
 
 
 async def _refuse(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message, "details": {}}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    payload = {"error": {"code": code, "message": message, "details": {}}}
+    await send_json(send, status, payload, ((b"connection", b"close"),))

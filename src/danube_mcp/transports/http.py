@@ -44,7 +44,7 @@ from danube_mcp.logs import SECRETS
 from danube_mcp.secure_input import PATH_PREFIX as SECURE_INPUT_PREFIX
 from danube_mcp.secure_input import SecureInputBroker
 from danube_mcp.tool.handler import CallerKeyError, build_server
-from danube_mcp.transports.asgi import Message, Receive, Scope, Send, header, read_body
+from danube_mcp.transports.asgi import Message, Receive, Scope, Send, header, read_body, send_json
 from danube_mcp.transports.http_options import Allowlist, HttpOptions, env_bool
 from danube_mcp.transports.sessions import SessionLimits
 
@@ -65,25 +65,6 @@ HEADER_MISMATCH: Final = -32020
 
 # --------------------------------------------------------------------------------------------
 # Small ASGI helpers
-
-
-async def _send_json(
-    send: Send, status: int, payload: Any, headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def _jsonrpc_error(code: int, message: str) -> dict[str, Any]:
@@ -349,12 +330,12 @@ class DanubeHttpApp:
         path: str = scope["path"]
         if path == HEALTH_PATH:
             await _drain(receive)
-            await _send_json(send, 200, {"status": "ok"})
+            await send_json(send, 200, {"status": "ok"})
             return
         if not self.allow.host_ok(header(scope, b"host")):
             # DNS-rebinding protection covers every path but /healthz, secure input pages included.
             await _drain(receive)
-            await _send_json(
+            await send_json(
                 send, 421, {"error": "misdirected_request", "error_description": "Invalid Host header"}
             )
             return
@@ -364,11 +345,11 @@ class DanubeHttpApp:
             return
         if not self.allow.origin_ok(header(scope, b"origin")):
             await _drain(receive)
-            await _send_json(send, 403, {"error": "forbidden", "error_description": "Origin not allowed"})
+            await send_json(send, 403, {"error": "forbidden", "error_description": "Origin not allowed"})
             return
         if self._token is not None and not self._authorized(scope):
             await _drain(receive)
-            await _send_json(
+            await send_json(
                 send,
                 401,
                 {
@@ -385,7 +366,7 @@ class DanubeHttpApp:
             # New sessions are refused while draining; requests and replies within open sessions
             # (an elicitation result, a cancellation) still go through.
             await _drain(receive)
-            await _send_json(
+            await send_json(
                 send,
                 503,
                 _jsonrpc_error(-32000, "Server is shutting down; retry shortly"),
@@ -397,7 +378,7 @@ class DanubeHttpApp:
         if is_mcp and scope["method"] in ("GET", "DELETE") and session_id is None:
             # No legacy session named: 2026-07-28 has no GET stream and no DELETE.
             await _drain(receive)
-            await _send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
+            await send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
             return
         if (
             is_mcp
@@ -406,7 +387,7 @@ class DanubeHttpApp:
         ):
             # The SDK would open the stream anyway; the spec says a GET must accept SSE.
             await _drain(receive)
-            await _send_json(
+            await send_json(
                 send, 406, _jsonrpc_error(-32600, "Not Acceptable: GET must accept text/event-stream")
             )
             return
@@ -414,14 +395,14 @@ class DanubeHttpApp:
         if scope["method"] == "POST":
             body = await read_body(scope, receive, MAX_BODY_BYTES)
             if body is None:
-                await _send_json(send, 413, _jsonrpc_error(-32600, "Request body too large"))
+                await send_json(send, 413, _jsonrpc_error(-32600, "Request body too large"))
                 return
             # The 2026 header rules belong to /mcp; legacy SSE's /messages/ answers a 2026 probe
             # with -32601 from the initialize-era loop, so dual-era clients fall back.
             problem = _check_body(body, scope, modern_rules=is_mcp) if path != HEALTH_PATH else None
             if problem is not None:
                 status, code, text = problem
-                await _send_json(send, status, _jsonrpc_error(code, text))
+                await send_json(send, status, _jsonrpc_error(code, text))
                 return
             receive = _replay(body, receive)
             opening = is_mcp and session_id is None and not self.options.stateless and not _is_modern(scope)
@@ -430,7 +411,7 @@ class DanubeHttpApp:
             if refusal is not None:
                 status, text = refusal
                 await _drain(receive)
-                await _send_json(send, status, _jsonrpc_error(-32000, text))
+                await send_json(send, status, _jsonrpc_error(-32000, text))
                 return
 
         # Answered here rather than by the SDK, which logs the id it was sent: an id of the wrong
@@ -443,7 +424,7 @@ class DanubeHttpApp:
             and (not _MCP_SESSION_ID.fullmatch(session_id) or self.sessions.owner(session_id) != identity)
         ):
             await _drain(receive)
-            await _send_json(send, 404, _jsonrpc_error(-32600, "Session not found"))
+            await send_json(send, 404, _jsonrpc_error(-32600, "Session not found"))
             return
         if is_mcp:
             assert self.session_manager is not None
@@ -464,17 +445,17 @@ class DanubeHttpApp:
         elif path == MESSAGES_PATH and self.sse is not None:
             if scope["method"] != "POST":
                 await _drain(receive)
-                await _send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
+                await send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"POST"),))
                 return
             if not _session_param_ok(scope):
                 # Checked here because the SDK logs a malformed session id verbatim.
                 await _drain(receive)
-                await _send_json(send, 400, _jsonrpc_error(-32600, "Invalid session ID"))
+                await send_json(send, 400, _jsonrpc_error(-32600, "Invalid session ID"))
                 return
             await self.sse.handle_post_message(scope, receive, _sanitising_send(send))
         else:
             await _drain(receive)
-            await _send_json(send, 404, {"error": "not_found"})
+            await send_json(send, 404, {"error": "not_found"})
 
     def _session_refusal(self, scope: Scope, identity: str) -> tuple[int, str] | None:
         """Why a new session may not be opened by this caller now, or None."""
@@ -497,7 +478,7 @@ class DanubeHttpApp:
     async def _serve_sse(self, scope: Scope, receive: Receive, send: Send, identity: str) -> None:
         assert self.sse is not None
         if scope["method"] != "GET":
-            await _send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"GET"),))
+            await send_json(send, 405, {"error": "method_not_allowed"}, ((b"allow", b"GET"),))
             return
         self.sessions.sse_opened(identity)
         try:

@@ -214,17 +214,24 @@ def test_link_tokens_masked_by_pattern(path: str) -> None:
 
 
 def test_used_and_expired_tokens_are_masked(stream: io.StringIO) -> None:
+    import anyio
+
     from danube_mcp.secure_input import PATH_PREFIX, SecureInputBroker
 
     broker = SecureInputBroker(ttl=30)
-    used = broker.create("svc_openai_001", "bearer")
-    broker.discard(used)  # used or expired: no longer a registered secret
+
+    async def used_token() -> str:
+        entry, token = await broker.open_entry("svc_openai_001", "bearer", caller="c", flow="link")
+        await broker.store.discard(entry.entry_id, "used")
+        return token
+
+    used = anyio.run(used_token)
     made_up = "notAtoken-" + "Q" * 33
     access = logging.getLogger("uvicorn.access")
-    access.info('"GET %s%s HTTP/1.1" 410', PATH_PREFIX, used.token)
+    access.info('"GET %s%s HTTP/1.1" 410', PATH_PREFIX, used)
     access.info('"POST %s%s HTTP/1.1" 410', PATH_PREFIX, made_up)
     text = stream.getvalue()
-    assert used.token not in text and made_up not in text
+    assert used not in text and made_up not in text
     assert text.count(REDACTED) == 2
 
 

@@ -326,3 +326,98 @@ def test_sealed_state_holds_nothing_readable_and_checks_expiry_and_key() -> None
     with pytest.raises(StateError, match="not issued"):
         sealer.open("x" * 5000)
     assert sealer.seal(**fields) != sealer.seal(**fields)  # each round's own single-use id and nonce
+
+
+# -- races, cancellation and lifetimes ---------------------------------------------------------
+
+
+async def test_a_typed_value_is_dropped_at_expiry_even_when_nothing_else_happens() -> None:
+    from danube_mcp.secure_input.store import Entry, MemoryStore
+
+    store = MemoryStore()
+    entry = Entry("e1", SERVICE, "bearer", "c1", "mrtr", expires_at=time.time() + 0.3)
+    await store.put(entry, "t" * 43)
+    assert await store.submit("e1", VALUE)
+    finished = await store.wait_finished("e1", 10)  # woken by the store's own timer
+    assert finished is not None and finished.ok is False and "expired" in finished.outcome
+    assert all(slot.value is None for slot in store._slots.values())
+    assert await store.take_value("e1") is None
+
+
+async def test_a_link_value_typed_just_in_time_waits_for_the_next_call(tmp_path: Path) -> None:
+    async with stdio_session(tmp_path, None, [], Tap(), DANUBE_MCP_SECURE_INPUT_TTL="2") as (client, _):
+        first = await client.call_tool("store_credential", ARGS)
+        assert first.structured_content is not None
+        posted = await submit(first.structured_content["input_url"])
+        deadline = time.time() + first.structured_content["expires_in_seconds"] + 1.5
+        while time.time() < deadline:  # let the link's own lifetime pass (a wall-clock condition)
+            await anyio.sleep(0.25)
+        second = await client.call_tool("store_credential", ARGS)
+    assert posted.status_code == 200 and "minute" in posted.text  # the page says until when
+    assert second.is_error is False, second
+    assert stored_value(tmp_path / "s.db") == VALUE
+
+
+async def test_two_concurrent_link_checks_store_once_and_both_say_so(tmp_path: Path) -> None:
+    async with stdio_session(tmp_path, None, [], Tap()) as (client, _):
+        first = await client.call_tool("store_credential", ARGS)
+        assert first.structured_content is not None
+        await submit(first.structured_content["input_url"])
+        results: list[Any] = []
+
+        async def check() -> None:
+            results.append(await client.call_tool("store_credential", ARGS))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(check)
+            tg.start_soon(check)
+    stored = [r for r in results if r.structured_content and r.structured_content["success"] is True]
+    other = [r for r in results if r not in stored]
+    assert len(stored) == 1 and len(other) == 1, results
+    # The other call either saw the first one storing, or came after it and got a fresh link:
+    # never a false "nothing was stored".
+    assert (
+        "Another call" in text_of(other[0]) or other[0].structured_content["status"] == "awaiting_user_input"
+    )
+    assert "Nothing was stored" not in text_of(other[0])
+    assert stored_value(tmp_path / "s.db") == VALUE
+
+
+async def test_a_cancelled_retry_closes_its_page(tmp_path: Path) -> None:
+    async with stdio_session(tmp_path, _driven, [], Tap(), mode=MODERN, DANUBE_MCP_SECURE_INPUT_TTL="60") as (
+        client,
+        _,
+    ):
+        first = await first_round(client)
+        url = first.input_requests["credential"].params.url  # type: ignore[index,union-attr]
+        with anyio.move_on_after(1):  # the client gives up while the retry waits for the page
+            await client.session.call_tool(
+                "store_credential", ARGS, input_responses=ACCEPT, request_state=first.request_state
+            )
+        deadline = time.monotonic() + 15
+        while await page_status(url) != 410:  # the server closes the entry when it sees the cancel
+            assert time.monotonic() < deadline, "the page stayed open after its retry was cancelled"
+            await anyio.sleep(0.1)
+        late = await submit(url)
+    assert late.status_code == 410
+    assert stored_value(tmp_path / "s.db") is None
+
+
+async def test_two_sessions_with_the_same_credentials_do_not_share_links(tmp_path: Path) -> None:
+    env = child_env(DANUBE_MCP_AUTH_TOKEN=TOKEN)
+    team = {"authorization": f"Bearer {TOKEN}"}
+    with http_server(env, http_args(tmp_path)) as srv:
+        async with (
+            mcp_http(f"{srv.url}/mcp", headers=team) as a,
+            mcp_http(f"{srv.url}/mcp", headers=team) as b,
+        ):
+            a_first = await a.call_tool("store_credential", ARGS)
+            b_first = await b.call_tool("store_credential", ARGS)
+            assert a_first.structured_content is not None and b_first.structured_content is not None
+            assert a_first.structured_content["input_url"] != b_first.structured_content["input_url"]
+            await submit(a_first.structured_content["input_url"])
+            b_second = await b.call_tool("store_credential", ARGS)
+            assert stored_value(tmp_path / "s.db") is None
+            a_second = await a.call_tool("store_credential", ARGS)
+    assert b_second.structured_content is not None and b_second.structured_content["success"] is False
+    assert a_second.is_error is False and stored_value(tmp_path / "s.db") == VALUE

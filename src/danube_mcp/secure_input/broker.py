@@ -30,7 +30,14 @@ import anyio
 from anyio.abc import TaskGroup
 
 from danube_mcp.secure_input.state import StateSealer
-from danube_mcp.secure_input.store import Entry, Flow, MemoryStore, PendingStore, StoreUnavailable
+from danube_mcp.secure_input.store import (
+    Entry,
+    Flow,
+    MemoryStore,
+    PendingStore,
+    StoreUnavailable,
+    submitted_expiry,
+)
 from danube_mcp.tool.schema import ArgumentError, credential_label, parse_arguments
 from danube_mcp.transports.asgi import Receive, Scope, Send, header, read_body
 
@@ -260,13 +267,14 @@ class SecureInputBroker:
             await _page(send, 410, "Link no longer valid", "This link has expired or was already used.")
             return
         if entry.flow == "link":
+            accepted_until = submitted_expiry(entry, time.time())
             await _page(
                 send,
                 200,
                 "Received",
-                "danube-mcp has the value. Go back to your assistant and tell it you have entered "
-                "the credential: it finishes storing it when it calls store_credential again. "
-                "You can close this tab.",
+                "danube-mcp has the value. Go back to your assistant within "
+                f"{_minutes_left(accepted_until)} and tell it you have entered the credential: it "
+                "finishes storing it when it calls store_credential again. You can close this tab.",
             )
             return
         finished = None
@@ -289,6 +297,11 @@ class SecureInputBroker:
 
 
 _TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+def _minutes_left(until: float) -> str:
+    minutes = max(1, int((until - time.time()) // 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def strict_form(body: bytes) -> dict[str, list[str]] | None:

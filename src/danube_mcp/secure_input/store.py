@@ -14,7 +14,10 @@ store. Every operation that changes an entry is atomic.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import heapq
 import time
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal, Protocol
@@ -95,7 +98,8 @@ class PendingStore(Protocol):
         """Wait up to ``seconds`` seconds for :meth:`finish`; the finished entry or None."""
 
     async def discard(self, entry_id: str, outcome: str) -> None:
-        """Forget the value; close the entry (if not finished) with ``outcome`` for its page."""
+        """Forget the value; close the entry with ``outcome`` for its page, unless it is finished
+        or another call has taken its value (that call finishes it)."""
 
     async def claim(self, mark: str, ttl: float) -> bool:
         """Record a single-use mark. True the first time, False for every later claim."""
@@ -115,6 +119,15 @@ class PendingStore(Protocol):
 
 # A finished entry stays readable this long, so a page waiting for it can still show the outcome.
 FINISHED_GRACE: Final = 120.0
+# A value typed on a link-flow page waits at least this long for the model's next call, even if
+# the link itself would have expired sooner: the user did their part in time.
+LINK_SUBMIT_GRACE: Final = 120.0
+EXPIRED: Final = "This link expired. Nothing was stored."
+
+
+def submitted_expiry(entry: Entry, now: float) -> float:
+    """The entry's expiry once its value has been typed."""
+    return max(entry.expires_at, now + LINK_SUBMIT_GRACE) if entry.flow == "link" else entry.expires_at
 
 
 @dataclass(eq=False)
@@ -129,29 +142,62 @@ class _Slot:
 
 class MemoryStore:
     """The embedded store: dictionaries in this process. Atomic because nothing here awaits
-    between reading and changing an entry."""
+    between reading and changing an entry. Expiry runs on the event loop's timers, so a value
+    typed and never collected is dropped at its entry's expiry even when nothing else happens;
+    open entries are counted, not scanned, so a full store costs nothing extra per call."""
 
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
         self._tokens: dict[str, str] = {}
         self._marks: dict[str, float] = {}
         self._links: dict[str, tuple[str, float]] = {}
+        self._due: list[tuple[float, int, str, str]] = []  # (when, seq, kind, key), a heap
+        self._seq = 0
+        self._open_by_caller: dict[str, int] = {}
+        self._open_total = 0
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def _later(self, when: float, kind: str, key: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._due, (when, self._seq, kind, key))
+        with contextlib.suppress(RuntimeError):  # no running loop: the next call sweeps instead
+            asyncio.get_running_loop().call_later(max(0.0, when - time.time()) + 0.01, self._sweep)
 
     def _sweep(self) -> None:
         now = time.time()
-        for entry_id, slot in list(self._slots.items()):
-            if slot.entry.status != "finished" and slot.entry.expires_at <= now:
-                self._close(slot, False, "This link expired. Nothing was stored.")
-            if slot.gone_at and slot.gone_at <= now:
-                self._slots.pop(entry_id, None)
-                self._tokens.pop(slot.token, None)
-        self._marks = {m: t for m, t in self._marks.items() if t > now}
-        self._links = {n: v for n, v in self._links.items() if v[1] > now}
+        while self._due and self._due[0][0] <= now:
+            _, _, kind, key = heapq.heappop(self._due)
+            if kind == "mark":
+                if self._marks.get(key, now + 1) <= now:
+                    del self._marks[key]
+            elif kind == "link":
+                found = self._links.get(key)
+                if found and found[1] <= now:
+                    del self._links[key]
+            elif (slot := self._slots.get(key)) is not None:
+                if slot.entry.status != "finished":
+                    if slot.entry.expires_at <= now:
+                        self._close(slot, False, EXPIRED)
+                    else:  # the expiry moved (a link-flow value arrived): look again then
+                        self._later(slot.entry.expires_at, "entry", key)
+                elif slot.gone_at <= now:
+                    del self._slots[key]
+                    self._tokens.pop(slot.token, None)
 
     def _close(self, slot: _Slot, ok: bool, outcome: str) -> None:
+        if slot.entry.status != "finished":
+            caller = slot.entry.caller
+            self._open_total -= 1
+            left = self._open_by_caller.get(caller, 1) - 1
+            if left > 0:
+                self._open_by_caller[caller] = left
+            else:
+                self._open_by_caller.pop(caller, None)
         slot.value = None
         slot.entry = replace(slot.entry, status="finished", ok=ok, outcome=outcome)
         slot.gone_at = time.time() + FINISHED_GRACE
+        self._later(slot.gone_at, "entry", slot.entry.entry_id)
         slot.submitted.set()  # wake waiters: they re-read the entry and find it closed
         slot.finished.set()
 
@@ -160,19 +206,23 @@ class MemoryStore:
         if slot is None:
             return None
         if slot.entry.status != "finished" and slot.entry.remaining() <= 0:
-            self._close(slot, False, "This link expired. Nothing was stored.")
+            self._close(slot, False, EXPIRED)
         return slot
+
+    # -- the interface -------------------------------------------------------------------------
 
     async def put(self, entry: Entry, token: str) -> None:
         self._sweep()
-        open_entries = [s.entry for s in self._slots.values() if s.entry.status != "finished"]
-        if len(open_entries) >= MAX_PENDING_TOTAL:
+        if self._open_total >= MAX_PENDING_TOTAL:
             raise TooManyPending("too many secure-input requests are open on this server")
-        if sum(e.caller == entry.caller for e in open_entries) >= MAX_PENDING_PER_CALLER:
+        if self._open_by_caller.get(entry.caller, 0) >= MAX_PENDING_PER_CALLER:
             raise TooManyPending("too many secure-input requests are open for this caller")
         ref = token_ref(token)
         self._slots[entry.entry_id] = _Slot(entry=entry, token=ref)
         self._tokens[ref] = entry.entry_id
+        self._open_total += 1
+        self._open_by_caller[entry.caller] = self._open_by_caller.get(entry.caller, 0) + 1
+        self._later(entry.expires_at, "entry", entry.entry_id)
 
     async def get(self, entry_id: str) -> Entry | None:
         slot = self._live(entry_id)
@@ -187,7 +237,8 @@ class MemoryStore:
         if slot is None or not slot.entry.is_open():
             return False
         slot.value = value
-        slot.entry = replace(slot.entry, status="submitted")
+        expires_at = submitted_expiry(slot.entry, time.time())
+        slot.entry = replace(slot.entry, status="submitted", expires_at=expires_at)
         slot.submitted.set()
         return True
 
@@ -222,17 +273,22 @@ class MemoryStore:
         return slot.entry if slot.entry.status == "finished" else None
 
     async def discard(self, entry_id: str, outcome: str) -> None:
-        await self.finish(entry_id, False, outcome)
+        slot = self._slots.get(entry_id)
+        if slot is not None and slot.entry.status in ("open", "submitted"):
+            self._close(slot, False, outcome)
 
     async def claim(self, mark: str, ttl: float) -> bool:
         now = time.time()
+        self._sweep()
         if self._marks.get(mark, 0.0) > now:
             return False
         self._marks[mark] = now + max(ttl, 1.0)
+        self._later(self._marks[mark], "mark", mark)
         return True
 
     async def set_link(self, name: str, entry_id: str, ttl: float) -> None:
         self._links[name] = (entry_id, time.time() + ttl)
+        self._later(self._links[name][1], "link", name)
 
     async def get_link(self, name: str) -> str | None:
         found = self._links.get(name)

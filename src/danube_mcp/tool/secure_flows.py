@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -31,7 +32,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from danube_mcp.danube.models import StoreRequest
 from danube_mcp.secure_input import SecureInputBroker
 from danube_mcp.secure_input.state import StateError
-from danube_mcp.secure_input.store import Entry, StoreUnavailable, TooManyPending
+from danube_mcp.secure_input.store import EXPIRED, LINK_SUBMIT_GRACE, Entry, StoreUnavailable, TooManyPending
 from danube_mcp.tool.schema import credential_label
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ INPUT_KEY: Final = "credential"
 MIN_ROUND_WAIT: Final = 1.0
 # How long a link-flow check waits for a value that may be on its way from the page.
 LINK_CHECK_WAIT: Final = 5.0
+# How long a call waits for another call that took the same entry's value to report.
+OTHER_CALL_WAIT: Final = 30.0
+# Clean-up that must finish even when the call is cancelled, bounded so it can never hang.
+SHIELD_LIMIT: Final = 5.0
 
 START_OVER: Final = "Nothing was stored. Call store_credential again without credential_value to start over."
 STORE_UNAVAILABLE: Final = (
@@ -55,19 +60,40 @@ STORE_UNAVAILABLE: Final = (
 Result = types.CallToolResult | types.InputRequiredResult
 
 
+CANCELLED: Final = "This request was cancelled. Nothing was stored."
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Clean-up that runs even while the call is cancelled, bounded so it can never hang."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(SHIELD_LIMIT):
+        yield
+
+
 def is_modern(ctx: Any) -> bool:
     """True when the request speaks 2026-07-28 (per-request ``_meta``, no back-channel)."""
     return getattr(ctx, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
 
 
+class UnidentifiedCaller(Exception):
+    """An HTTP request reached the tool without the identity the HTTP app attaches."""
+
+
 def caller_of(ctx: Any) -> str:
-    """Who is calling, as an opaque hash: over HTTP the app's identity of the caller (a salted
-    hash of the access token and the caller's key); over stdio the one local client."""
+    """Who is calling, as an opaque string: over HTTP the app's identity of the caller (a salted
+    hash of the access token and the caller's key), plus the legacy session when there is one, so
+    two sessions that share credentials do not share pending links; over stdio the one local
+    client. Fails closed: an HTTP request without an identity is refused, never merged."""
     request = getattr(ctx, "request", None)
-    scope = getattr(request, "scope", None) or {}
+    if request is None:
+        return "local"
+    scope = getattr(request, "scope", None)
     user = scope.get("user") if isinstance(scope, dict) else None
     identity = getattr(getattr(user, "access_token", None), "client_id", None)
-    return identity if isinstance(identity, str) and identity else "local"
+    if not isinstance(identity, str) or not identity:
+        raise UnidentifiedCaller
+    session = request.headers.get("mcp-session-id") if not is_modern(ctx) else None
+    return f"{identity}/{session}" if session else identity
 
 
 def _declares_url_elicitation(ctx: Any) -> bool:
@@ -101,7 +127,11 @@ class SecureInputFlows:
     async def run(
         self, store: StoreRequest, key: str | None, ctx: Any, params: types.CallToolRequestParams
     ) -> Result:
-        caller = caller_of(ctx)
+        try:
+            caller = caller_of(ctx)
+        except UnidentifiedCaller:
+            logger.error("secure input: an HTTP request without a caller identity reached the tool")
+            return self.tool._error("Internal error in danube-mcp: the caller could not be identified.")
         try:
             modern = is_modern(ctx)
             if modern and params.request_state is not None:
@@ -136,8 +166,7 @@ class SecureInputFlows:
     async def _take_and_store(self, entry: Entry, key: str | None) -> types.CallToolResult:
         value = await self.store.take_value(entry.entry_id)
         if value is None:
-            await self.store.discard(entry.entry_id, "This request ended. Nothing was stored.")
-            return self.tool._error("The value entered on the page is no longer available. " + START_OVER)
+            return await self._outcome_of_other_call(entry)
         request = StoreRequest(
             service_id=entry.service_id,
             credential_type=entry.credential_type,  # type: ignore[arg-type]
@@ -151,8 +180,39 @@ class SecureInputFlows:
             outcome = "The credential was stored." if ok else (error_text or "Danube did not store it.")
             return result
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-                await self.store.finish(entry.entry_id, ok, outcome)
+            await self._settle(entry.entry_id, ok, outcome)
+
+    async def _settle(self, entry_id: str, ok: bool, outcome: str, *, only_untaken: bool = False) -> None:
+        """Close the entry even when this call is being cancelled; bounded, so it cannot hang.
+        With ``only_untaken`` an entry whose value another call has taken is left to that call."""
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(SHIELD_LIMIT),
+            contextlib.suppress(StoreUnavailable),
+        ):
+            if only_untaken:
+                await self.store.discard(entry_id, outcome)
+            else:
+                await self.store.finish(entry_id, ok, outcome)
+
+    async def _outcome_of_other_call(self, entry: Entry) -> types.CallToolResult:
+        """The value was taken by another call (a concurrent retry or link check): report what
+        that call did instead of claiming nothing was stored."""
+        current = await self.store.get(entry.entry_id)
+        if current is not None and current.status == "taken":
+            current = await self.store.wait_finished(entry.entry_id, OTHER_CALL_WAIT) or current
+        if current is not None and current.status == "finished" and current.ok:
+            return self.tool._error(
+                "Another call to store_credential already stored the credential entered on this "
+                "link; nothing more to do. Do not start over."
+            )
+        if current is not None and current.status in ("finished", "taken"):
+            return self.tool._error(
+                "Another call to store_credential took the value entered on this link"
+                + (f" and reported: {current.outcome}" if current.status == "finished" else ".")
+                + " Do not start over unless that call failed."
+            )
+        return self.tool._error(f"The value entered on the page is no longer available. {START_OVER}")
 
     # -- 2026-07-28: multi-round-trip ----------------------------------------------------------
 
@@ -199,7 +259,10 @@ class SecureInputFlows:
                 + START_OVER
             )
         if not await self.store.claim(f"rs:{state.once}", state.expires_at - time.time()):
-            return error(f"Secure input: requestState was already used (a replay). {START_OVER}")
+            return error(
+                "Secure input: this requestState was already used by an earlier retry, which reports "
+                "the outcome. Do not start over unless that retry failed."
+            )
         entry = await self.store.get(state.entry_id)
         if entry is None or entry.status in ("finished", "taken") or entry.caller != caller:
             return error(f"Secure input: this request has expired or already ended. {START_OVER}")
@@ -222,7 +285,16 @@ class SecureInputFlows:
                 await self.store.discard(entry.entry_id, "The request was declined. Nothing was stored.")
                 return await self._link_start(store, key, ctx, caller, declined=True)
         wait = min(entry.remaining(), max(MIN_ROUND_WAIT, self.broker.ttl / 8))
-        if not await self.store.wait_submitted(entry.entry_id, wait):
+        try:
+            arrived = await self.store.wait_submitted(entry.entry_id, wait)
+        except anyio.get_cancelled_exc_class():
+            # The state is spent: close the entry so the page does not wait for a retry that
+            # cannot come, and the value (if it arrives) is not kept.
+            await self._settle(
+                entry.entry_id, False, "The request was cancelled. Nothing was stored.", only_untaken=True
+            )
+            raise
+        if not arrived:
             current = await self.store.get(entry.entry_id)
             if current is None or current.status != "open":
                 return error(f"Secure input: the page expired before the value was entered. {START_OVER}")
@@ -270,7 +342,11 @@ class SecureInputFlows:
                     "The secure input page expired before the credential was entered. " + START_OVER
                 )
             result = await self._take_and_store(entry, key)
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(SHIELD_LIMIT),
+                contextlib.suppress(Exception),
+            ):
                 await session.send_elicit_complete(entry.entry_id, related_request_id=ctx.request_id)
             return result
         except MCPError:
@@ -280,8 +356,9 @@ class SecureInputFlows:
                 "and pass it as credential_value."
             )
         finally:  # a no-op once the store finished the entry
-            with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-                await self.store.discard(entry.entry_id, "This request was cancelled. Nothing was stored.")
+            await self._settle(
+                entry.entry_id, False, "This request was cancelled. Nothing was stored.", only_untaken=True
+            )
 
     # -- hosts without URL elicitation: a link for the model to show -------------------------
 
@@ -291,7 +368,7 @@ class SecureInputFlows:
         if entry_id is None:
             return None
         entry = await self.store.get(entry_id)
-        if entry is None or entry.status not in ("open", "submitted") or entry.caller != caller:
+        if entry is None or entry.status not in ("open", "submitted", "taken") or entry.caller != caller:
             await self.store.clear_link(name, entry_id)
             return None
         return entry
@@ -300,9 +377,9 @@ class SecureInputFlows:
         self, store: StoreRequest, key: str | None, ctx: Any, caller: str, *, declined: bool = False
     ) -> Result:
         entry, token = await self._open(store, key, caller, "link")
-        await self.store.set_link(
-            _link_name(caller, store.service_id, store.credential_type), entry.entry_id, self.broker.ttl
-        )
+        # The name outlives the link by the grace a typed value gets (the entry decides validity).
+        name = _link_name(caller, store.service_id, store.credential_type)
+        await self.store.set_link(name, entry.entry_id, self.broker.ttl + LINK_SUBMIT_GRACE)
         url = await self.broker.url_for(token, getattr(ctx, "request", None))
         kind = credential_label(store.credential_type)
         lead = (
@@ -341,18 +418,22 @@ class SecureInputFlows:
         )
 
     async def _link_check(self, entry: Entry, store: StoreRequest, key: str | None, caller: str) -> Result:
+        if entry.status == "taken":  # another call of this caller is storing it right now
+            return await self._outcome_of_other_call(entry)
         if entry.status == "open" and not await self.store.wait_submitted(
             entry.entry_id, min(LINK_CHECK_WAIT, entry.remaining())
         ):
             current = await self.store.get(entry.entry_id)
+            if current is not None and current.status in ("taken", "finished") and current.outcome != EXPIRED:
+                return await self._outcome_of_other_call(current)
             if current is None or current.status != "open":
                 return self.tool._error(f"Secure input: the link expired before it was used. {START_OVER}")
             return self._awaiting(
                 current,
                 "The user has not entered the credential on the one-time link yet (it stays valid "
-                f"for {_minutes(current.remaining())}). Ask them to open the link given earlier and "
-                "enter it there, then call store_credential again the same way. Do not ask the user "
-                "to paste the credential into the chat.",
+                f"for {_minutes(current.remaining())}). Ask them to open the link given earlier in "
+                "this conversation and enter it there, then call store_credential again the same "
+                "way. Do not ask the user to paste the credential into the chat.",
                 None,
             )
         name = _link_name(caller, store.service_id, store.credential_type)

@@ -18,7 +18,19 @@ from mcp import types
 from danube_mcp.sandbox import DEMO_API_KEY
 from danube_mcp.secure_input.state import StateError, StateSealer
 from procs import MODERN, child_env, http_server, mcp_http
-from test_secure_input import ARGS, SERVICE, TOKEN, VALUE, Tap, stdio_session, stored_value, submit
+from test_secure_input import (
+    ARGS,
+    SERVICE,
+    TOKEN,
+    VALUE,
+    Tap,
+    accepting_and_submitting,
+    callback,
+    stdio_session,
+    stored_value,
+    submit,
+    tg_holder,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -421,3 +433,35 @@ async def test_two_sessions_with_the_same_credentials_do_not_share_links(tmp_pat
             a_second = await a.call_tool("store_credential", ARGS)
     assert b_second.structured_content is not None and b_second.structured_content["success"] is False
     assert a_second.is_error is False and stored_value(tmp_path / "s.db") == VALUE
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_value_reaches_danube_once_with_the_callers_key(tmp_path: Path, mode: str) -> None:
+    """Against a recording stand-in for Danube: the 2026 round trip (or, in the initialize era over
+    stateful HTTP, the live elicitation) sends exactly one store, with the caller's own key, and
+    the value appears in no MCP message and no log line at DEBUG."""
+    from upstream import FakeUpstream
+
+    caller_key = "dk_CANARY_callers_own_key_7777"
+    with FakeUpstream() as up:
+        env = child_env(DANUBE_API_URL=up.url, DANUBE_MCP_AUTH_TOKEN=TOKEN, DANUBE_MCP_LOG_LEVEL="DEBUG")
+        args = ("--transport", "streamable-http", "--secure-input", "--require-client-key")
+        headers = {"authorization": f"Bearer {TOKEN}", "danube-api-key": caller_key}
+        seen: list[types.ElicitRequestURLParams] = []
+        pages: list[httpx2.Response] = []
+        posts: list[httpx2.Response] = []
+        with http_server(env, args) as srv:
+            async with anyio.create_task_group() as tg:
+                tg_holder["tg"] = tg
+                handler = callback(accepting_and_submitting(pages, posts), seen)
+                async with mcp_http(
+                    f"{srv.url}/mcp", mode=mode, headers=headers, elicitation_callback=handler
+                ) as c:
+                    result = await c.call_tool("store_credential", ARGS)
+            stderr = srv.err.text()
+        stores = [r for r in up.requests if r.path == "/v1/credentials/store"]
+    assert result.is_error is False, result
+    assert len(stores) == 1
+    assert stores[0].headers["danube-api-key"] == caller_key
+    assert stores[0].json()["credential_value"] == VALUE and stores[0].json()["service_id"] == SERVICE
+    assert VALUE not in stderr and caller_key not in stderr and VALUE not in result.model_dump_json()

@@ -151,10 +151,80 @@ def _unknown_method(message: SessionMessage) -> bytes | None:
     return None
 
 
-class _LineSplitter:
-    """Splits a byte stream into lines; a line over the limit is dropped and reported instead."""
+_DECODER: Final = json.JSONDecoder()
+_WS: Final = " \t\n\r"
 
-    def __init__(self, on_line: Callable[[bytes], None], on_too_long: Callable[[], None]) -> None:
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def request_id_from_prefix(prefix: bytes | bytearray) -> Any:
+    """The id of the request an over-long line starts, or None when it cannot be read.
+
+    Walks the top-level members of the JSON object at the start of ``prefix`` (the first bytes of
+    a line that was cut off) and stops at the first member that does not end within it. The id
+    counts only when the line is a request: a string ``method`` was seen, or ``params`` is the
+    member that was cut off, and no ``result`` or ``error`` member was seen (answering a response
+    could end one of the client's own calls that happens to share its id).
+    """
+    raw = bytes(prefix)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(raw) - 3:
+            return None  # invalid UTF-8, not just a character cut in two at the end
+        text = raw[: exc.start].decode("utf-8", errors="strict")
+    rid: Any = None
+    is_request = False
+    pos = _skip_ws(text, 0)
+    if not text.startswith("{", pos):
+        return None
+    pos += 1
+    try:
+        while True:
+            pos = _skip_ws(text, pos)
+            if not text.startswith('"', pos):
+                return None
+            key, pos = _DECODER.raw_decode(text, pos)
+            pos = _skip_ws(text, pos)
+            if not text.startswith(":", pos):
+                return None
+            pos = _skip_ws(text, pos + 1)
+            try:
+                value, pos = _DECODER.raw_decode(text, pos)
+            except ValueError:
+                # The member that was cut off: a request's params is what makes a line long.
+                is_request = is_request or key == "params"
+                break
+            if key in ("result", "error"):
+                return None
+            if key == "method":
+                is_request = isinstance(value, str)
+            elif key == "id":
+                rid = _request_id({"id": value})
+            pos = _skip_ws(text, pos)
+            if text.startswith(",", pos):
+                pos += 1
+            else:
+                break  # the object closed (or is malformed) within the prefix
+    except (ValueError, RecursionError):
+        return None
+    return rid if is_request else None
+
+
+def too_large(prefix: bytes | bytearray) -> bytes:
+    """The answer to an over-long line: -32600, with the request's id when it can be read."""
+    return _error_line(-32600, "Invalid Request: message too large", request_id_from_prefix(prefix))
+
+
+class _LineSplitter:
+    """Splits a byte stream into lines; a line over the limit is dropped and reported instead
+    (``on_too_long`` gets the first bytes of that line, at least the limit's worth)."""
+
+    def __init__(self, on_line: Callable[[bytes], None], on_too_long: Callable[[bytearray], None]) -> None:
         self._on_line = on_line
         self._on_too_long = on_too_long
         self._buf = bytearray()
@@ -168,9 +238,9 @@ class _LineSplitter:
             if not self._skipping:
                 self._buf += piece
                 if len(self._buf) > MAX_LINE_BYTES:
-                    self._buf.clear()
                     self._skipping = True
-                    self._on_too_long()
+                    self._on_too_long(self._buf)
+                    self._buf.clear()
             if nl < 0:
                 return
             if not self._skipping:
@@ -183,9 +253,6 @@ class _LineSplitter:
         if self._buf and not self._skipping:
             self._on_line(bytes(self._buf))
         self._buf.clear()
-
-
-TOO_LARGE: Final = _error_line(-32600, "Invalid Request: message too large")
 
 
 class _PipeIO:
@@ -234,7 +301,7 @@ class _PipeIO:
         self._out_closed = False
         self._in_transport: asyncio.ReadTransport | None = None
         self._out_transport: asyncio.WriteTransport | None = None
-        self._splitter = _LineSplitter(self._push, lambda: self.write(TOO_LARGE))
+        self._splitter = _LineSplitter(self._push, lambda prefix: self.write(too_large(prefix)))
 
     async def open(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
         loop = asyncio.get_running_loop()
@@ -296,7 +363,7 @@ class _ThreadIO:
         self._out_queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._out_room = asyncio.Event()
         self._out_room.set()
-        self._splitter = _LineSplitter(self._push, lambda: self.write(TOO_LARGE))
+        self._splitter = _LineSplitter(self._push, lambda prefix: self.write(too_large(prefix)))
         self._reader = threading.Thread(target=self._read, name="danube-mcp-stdin", daemon=True)
         self._writer = threading.Thread(target=self._write, name="danube-mcp-stdout", daemon=True)
         self._reader.start()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import queue
 import stat
@@ -36,35 +37,18 @@ from mcp_types.methods import SPEC_CLIENT_METHODS
 from pydantic import ValidationError
 
 from danube_mcp.jsonutil import loads_strict
+from danube_mcp.transports.fast_start import Handoff
+from danube_mcp.transports.lines import MAX_LINE_BYTES, LineSplitter, claim_stdout, too_large
+from danube_mcp.transports.lines import error_line as _error_line
+from danube_mcp.transports.lines import request_id as _request_id
 
-MAX_LINE_BYTES: Final = 4 * 1024 * 1024
+__all__ = ["EOF_GRACE", "MAX_LINE_BYTES", "claim_stdout", "classify_line", "stdio_transport"]
+
+logger = logging.getLogger("danube_mcp.transports.stdio")
+
 # After stdin closes, calls already received get this long to finish and write their answers.
 EOF_GRACE: Final = 5.0
 _READ_CHUNK: Final = 64 * 1024
-
-
-def claim_stdout() -> BinaryIO:
-    """Return a private binary handle on the real stdout; send everything else to stderr."""
-    sys.stdout.flush()
-    proto_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(proto_fd, "wb", buffering=0)
-
-
-def _error_line(code: int, message: str, id_: Any = None) -> bytes:
-    return (
-        json.dumps({"jsonrpc": "2.0", "id": id_, "error": {"code": code, "message": message}}).encode()
-        + b"\n"
-    )
-
-
-def _request_id(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        rid = obj.get("id")
-        if isinstance(rid, str | int) and not isinstance(rid, bool):
-            return rid
-    return None
 
 
 def classify_line(line: bytes) -> SessionMessage | bytes | None:
@@ -151,108 +135,16 @@ def _unknown_method(message: SessionMessage) -> bytes | None:
     return None
 
 
-_DECODER: Final = json.JSONDecoder()
-_WS: Final = " \t\n\r"
+def _splitter(
+    carried: LineSplitter | None, push: Callable[[bytes], None], write: Callable[[bytes], None]
+) -> LineSplitter:
+    def on_too_long(prefix: bytearray) -> None:
+        write(too_large(prefix))
 
-
-def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in _WS:
-        pos += 1
-    return pos
-
-
-def request_id_from_prefix(prefix: bytes | bytearray) -> Any:
-    """The id of the request an over-long line starts, or None when it cannot be read.
-
-    Walks the top-level members of the JSON object at the start of ``prefix`` (the first bytes of
-    a line that was cut off) and stops at the first member that does not end within it. The id
-    counts only when the line is a request: a string ``method`` was seen, or ``params`` is the
-    member that was cut off, and no ``result`` or ``error`` member was seen (answering a response
-    could end one of the client's own calls that happens to share its id).
-    """
-    raw = bytes(prefix)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(raw) - 3:
-            return None  # invalid UTF-8, not just a character cut in two at the end
-        text = raw[: exc.start].decode("utf-8", errors="strict")
-    rid: Any = None
-    is_request = False
-    pos = _skip_ws(text, 0)
-    if not text.startswith("{", pos):
-        return None
-    pos += 1
-    try:
-        while True:
-            pos = _skip_ws(text, pos)
-            if not text.startswith('"', pos):
-                return None
-            key, pos = _DECODER.raw_decode(text, pos)
-            pos = _skip_ws(text, pos)
-            if not text.startswith(":", pos):
-                return None
-            pos = _skip_ws(text, pos + 1)
-            try:
-                value, pos = _DECODER.raw_decode(text, pos)
-            except ValueError:
-                # The member that was cut off: a request's params is what makes a line long.
-                is_request = is_request or key == "params"
-                break
-            if key in ("result", "error"):
-                return None
-            if key == "method":
-                is_request = isinstance(value, str)
-            elif key == "id":
-                rid = _request_id({"id": value})
-            pos = _skip_ws(text, pos)
-            if text.startswith(",", pos):
-                pos += 1
-            else:
-                break  # the object closed (or is malformed) within the prefix
-    except (ValueError, RecursionError):
-        return None
-    return rid if is_request else None
-
-
-def too_large(prefix: bytes | bytearray) -> bytes:
-    """The answer to an over-long line: -32600, with the request's id when it can be read."""
-    return _error_line(-32600, "Invalid Request: message too large", request_id_from_prefix(prefix))
-
-
-class _LineSplitter:
-    """Splits a byte stream into lines; a line over the limit is dropped and reported instead
-    (``on_too_long`` gets the first bytes of that line, at least the limit's worth)."""
-
-    def __init__(self, on_line: Callable[[bytes], None], on_too_long: Callable[[bytearray], None]) -> None:
-        self._on_line = on_line
-        self._on_too_long = on_too_long
-        self._buf = bytearray()
-        self._skipping = False
-
-    def feed(self, chunk: bytes) -> None:
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
-            piece = chunk[start:] if nl < 0 else chunk[start:nl]
-            if not self._skipping:
-                self._buf += piece
-                if len(self._buf) > MAX_LINE_BYTES:
-                    self._skipping = True
-                    self._on_too_long(self._buf)
-                    self._buf.clear()
-            if nl < 0:
-                return
-            if not self._skipping:
-                self._on_line(bytes(self._buf))
-            self._buf.clear()
-            self._skipping = False
-            start = nl + 1
-
-    def finish(self) -> None:
-        if self._buf and not self._skipping:
-            self._on_line(bytes(self._buf))
-        self._buf.clear()
+    if carried is None:
+        return LineSplitter(push, on_too_long)
+    carried.retarget(push, on_too_long)
+    return carried
 
 
 class _PipeIO:
@@ -291,7 +183,7 @@ class _PipeIO:
             self.io._out_closed = True
             self.io._writable.set()
 
-    def __init__(self) -> None:
+    def __init__(self, splitter: LineSplitter | None = None) -> None:
         self._lines: deque[bytes] = deque()
         self._ready = asyncio.Event()
         self._eof = False
@@ -301,7 +193,7 @@ class _PipeIO:
         self._out_closed = False
         self._in_transport: asyncio.ReadTransport | None = None
         self._out_transport: asyncio.WriteTransport | None = None
-        self._splitter = _LineSplitter(self._push, lambda prefix: self.write(too_large(prefix)))
+        self._splitter = _splitter(splitter, self._push, self.write)
 
     async def open(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
         loop = asyncio.get_running_loop()
@@ -354,7 +246,7 @@ class _PipeIO:
 class _ThreadIO:
     """stdin and stdout through two daemon threads: for Windows, terminals and regular files."""
 
-    def __init__(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    def __init__(self, stdin: BinaryIO, stdout: BinaryIO, splitter: LineSplitter | None = None) -> None:
         self._in_fd = stdin.fileno()
         self._out = stdout
         self._loop = asyncio.get_running_loop()
@@ -363,7 +255,7 @@ class _ThreadIO:
         self._out_queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._out_room = asyncio.Event()
         self._out_room.set()
-        self._splitter = _LineSplitter(self._push, lambda prefix: self.write(too_large(prefix)))
+        self._splitter = _splitter(splitter, self._push, self.write)
         self._reader = threading.Thread(target=self._read, name="danube-mcp-stdin", daemon=True)
         self._writer = threading.Thread(target=self._write, name="danube-mcp-stdout", daemon=True)
         self._reader.start()
@@ -433,25 +325,62 @@ def _pipe_capable(*files: BinaryIO) -> bool:
     return True
 
 
-async def _open_io(stdin: BinaryIO, stdout: BinaryIO) -> _PipeIO | _ThreadIO:
+async def _open_io(
+    stdin: BinaryIO, stdout: BinaryIO, splitter: LineSplitter | None = None
+) -> _PipeIO | _ThreadIO:
     if _pipe_capable(stdin, stdout):
-        pipes = _PipeIO()
+        pipes = _PipeIO(splitter)
         try:
             await pipes.open(stdin, stdout)
             return pipes
         except (OSError, ValueError, NotImplementedError):
             pass
-    return _ThreadIO(stdin, stdout)
+    return _ThreadIO(stdin, stdout, splitter)
+
+
+class _Replay:
+    """The lines a fast start read (see :mod:`danube_mcp.transports.fast_start`), fed to the SDK
+    first; the SDK's answers to the requests already answered are checked and dropped."""
+
+    def __init__(self, handoff: Handoff | None) -> None:
+        self.lines: deque[bytes] = deque(handoff.replay if handoff else ())
+        self.expected = dict(handoff.expected) if handoff else {}
+        self._on_mismatch = handoff.on_mismatch if handoff else None
+
+    def swallow(self, answer: dict[str, Any]) -> bool:
+        """True when ``answer`` is the SDK's to a request answered already (so it is not sent)."""
+        if not self.expected:
+            return False
+        rid = answer.get("id")
+        sent = self.expected.pop(rid, None) if isinstance(rid, str) else None
+        if sent is None:
+            return False
+        body = {k: v for k, v in answer.items() if k != "id"}
+        if body != {k: v for k, v in sent.items() if k != "id"}:
+            logger.warning(
+                "fast start: an answer sent before the SDK had loaded differs from the SDK's own; "
+                "its cache is discarded (the next start answers through the SDK)"
+            )
+            if self._on_mismatch is not None:
+                self._on_mismatch()
+                self._on_mismatch = None
+        return True
 
 
 @asynccontextmanager
 async def stdio_transport(
-    stdin: BinaryIO | None = None, stdout: BinaryIO | None = None
+    stdin: BinaryIO | None = None, stdout: BinaryIO | None = None, handoff: Handoff | None = None
 ) -> AsyncIterator[
     tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 ]:
-    """Yield the (read, write) stream pair that ``Server.run`` expects."""
-    io = await _open_io(stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
+    """Yield the (read, write) stream pair that ``Server.run`` expects.
+
+    With ``handoff``, carry on where a fast start left off: its lines first, then the rest of stdin.
+    """
+    replay = _Replay(handoff)
+    io = await _open_io(
+        stdin or sys.stdin.buffer, stdout or sys.stdout.buffer, handoff.splitter if handoff else None
+    )
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](64)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](64)
 
@@ -462,18 +391,16 @@ async def stdio_transport(
 
     async def pump_in() -> None:
         async with read_send:
-            while (line := await io.next_line()) is not None:
+            while (line := replay.lines.popleft() if replay.lines else await io.next_line()) is not None:
                 parsed = classify_line(line)
                 if parsed is None:
                     continue
+                if not isinstance(parsed, bytes):
+                    parsed = _unknown_method(parsed) or parsed
                 if isinstance(parsed, bytes):
-                    io.write(parsed)
-                    await io.drain()  # a client that sends junk and never reads cannot grow memory
-                    continue
-                rejected = _unknown_method(parsed)
-                if rejected is not None:
-                    io.write(rejected)
-                    await io.drain()
+                    if not replay.swallow(json.loads(parsed)):
+                        io.write(parsed)
+                        await io.drain()  # a client that sends junk and never reads cannot grow memory
                     continue
                 if isinstance(parsed.message, types.JSONRPCRequest):
                     pending.add(parsed.message.id)
@@ -494,10 +421,14 @@ async def stdio_transport(
             async with write_recv:
                 async for message in write_recv:
                     out = message.message
-                    io.write(out.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+                    data = out.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                    answer = isinstance(out, types.JSONRPCResponse | types.JSONRPCError)
                     if pending and isinstance(out, types.JSONRPCResponse | types.JSONRPCError):
                         pending.discard(out.id)
                         settled[0].set()
+                    if answer and replay.expected and replay.swallow(json.loads(data)):
+                        continue
+                    io.write(data + b"\n")
                     await io.drain()
         finally:
             out_done.set()

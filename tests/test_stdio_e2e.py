@@ -253,3 +253,20 @@ def test_over_long_line_answers_with_the_id_only_for_requests(upstream: FakeUpst
         raw.send({"jsonrpc": "2.0", "id": 45, "method": "ping"})
         assert raw.recv() == {"jsonrpc": "2.0", "id": 45, "result": {}}
         assert raw.close() == 0
+
+
+def test_id_with_a_lone_surrogate_is_refused_and_the_server_keeps_serving(upstream: FakeUpstream) -> None:
+    """An id escaped as a lone surrogate cannot be written back as UTF-8: it used to end the
+    server with a traceback; it gets -32600 with id null instead."""
+    with raw_stdio(env_for(upstream)) as raw:
+        raw.initialize()
+        raw.send(b'{"jsonrpc": "2.0", "id": "\\ud800", "method": "ping"}\n')
+        assert raw.recv() == {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": -32600, "message": "Invalid Request: id must be a string or an integer"},
+        }
+        raw.send({"jsonrpc": "2.0", "id": 9, "method": "ping"})
+        assert raw.recv() == {"jsonrpc": "2.0", "id": 9, "result": {}}
+        assert raw.close() == 0
+    assert "Traceback" not in raw.err.text()

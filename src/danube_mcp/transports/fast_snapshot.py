@@ -23,7 +23,7 @@ from danube_mcp.transports.fast_start import (
     SENTINEL_VERSION,
     SNAPSHOT_FORMAT,
 )
-from danube_mcp.transports.stdio import classify_line
+from danube_mcp.transports.stdio import _unknown_method, classify_line
 
 EXCHANGE_TIMEOUT = 10.0
 
@@ -46,6 +46,8 @@ async def exchange(server: Server[Any], lines: list[bytes]) -> list[dict[str, An
             async with read_send, write_recv:
                 for line in lines:
                     parsed = classify_line(line)
+                    if parsed is not None and not isinstance(parsed, bytes):
+                        parsed = _unknown_method(parsed) or parsed
                     if parsed is None:
                         answers.append(None)
                     elif isinstance(parsed, bytes):

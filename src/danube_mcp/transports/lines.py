@@ -33,9 +33,17 @@ def error_line(code: int, message: str, id_: Any = None) -> bytes:
 
 
 def request_id(obj: Any) -> Any:
+    """A usable JSON-RPC id from a decoded message, or None. A string holding a lone surrogate
+    (an escaped one in the JSON) is not usable: no answer carrying it can be written as UTF-8."""
     if isinstance(obj, dict):
         rid = obj.get("id")
-        if isinstance(rid, str | int) and not isinstance(rid, bool):
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            return rid
+        if isinstance(rid, str):
+            try:
+                rid.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
             return rid
     return None
 

@@ -162,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dispatch(arg_list[0], arg_list[1:])
     args = build_parser().parse_strict(arg_list)
     tls = None
-    if not (args.sandbox or args.self_test):
+    # The stdio command loads the trust roots on its loading thread instead (stdio_start.py), so
+    # that nothing delays the first answer.
+    stdio = (args.transport or os.environ.get("DANUBE_MCP_TRANSPORT", "").strip() or "stdio") == "stdio"
+    if not (args.sandbox or args.self_test or (stdio and argv is None)):
         from danube_mcp.config import DEFAULT_API_URL
         from danube_mcp.danube.tls import prefetch_for
 

@@ -36,6 +36,8 @@ logger = logging.getLogger("danube_mcp")
 # Tests only: the loading thread waits until one byte can be read from this FIFO, so a test can
 # hold the SDK back and see the fast start answer on its own (waiting on a condition, not a sleep).
 TEST_HOLD_ENV = "_DANUBE_MCP_TEST_HOLD_SDK"
+# At exit, how long to wait for a snapshot still being recorded (a first start that ends at once).
+RECORD_WAIT = 2.0
 
 
 def server_options(opts: RunOptions) -> dict[str, Any]:
@@ -77,9 +79,6 @@ class _Loader:
             self.backend = open_process_backend(self.opts)
             if self.backend is not None:
                 import danube_mcp.transports.stdio  # noqa: F401  (the SDK, for the transport)
-
-                if self.record and self.key is not None:
-                    self._record(self.backend)
             hold = os.environ.get(TEST_HOLD_ENV)
             if hold:
                 with open(hold, "rb") as fifo:
@@ -89,6 +88,13 @@ class _Loader:
         finally:
             os.write(self._ready_w, b"x")
             os.close(self._ready_w)
+        # The server is served from here on; the snapshot for the next start is recorded meanwhile.
+        if self.error is None and self.backend is not None and self.record and self.key is not None:
+            self._record(self.backend)
+
+    def wait_ready(self) -> None:
+        while not os.read(self.ready_r, 1):
+            pass  # pragma: no cover  (the write end is only closed after the byte is written)
 
     def _record(self, backend: Backend) -> None:
         import anyio
@@ -124,7 +130,8 @@ def run_stdio(opts: RunOptions) -> int:
             _fast_exit(0)
         if key is not None:
             handoff.on_mismatch = lambda: fast_start.discard_snapshot(key)
-    loader.thread.join()
+    if handoff is None:
+        loader.wait_ready()
     with contextlib.suppress(OSError):
         os.close(loader.ready_r)
     if loader.error is not None:
@@ -134,6 +141,7 @@ def run_stdio(opts: RunOptions) -> int:
     import anyio
 
     anyio.run(serve_stdio, opts, loader.backend, handoff, protocol_out)
+    loader.thread.join(RECORD_WAIT)  # a snapshot being recorded: let it reach the cache
     if sys.getprofile() is None and sys.gettrace() is None:
         _fast_exit(0)
     return 0

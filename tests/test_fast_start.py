@@ -462,3 +462,28 @@ def test_fast_start_can_be_turned_off(tmp_path: Path) -> None:
     assert proc.stderr.decode().strip().splitlines() == [
         "danube-mcp: DANUBE_MCP_FAST_START must be 1/true/yes/on or 0/false/no/off"
     ]
+
+
+def test_a_snapshot_of_the_wrong_shape_hands_everything_to_the_sdk() -> None:
+    responder = FastResponder(
+        {"format": fast_start.SNAPSHOT_FORMAT, "legacy": [], "handshake_versions": None}
+    )
+    line = encode(init("2025-06-18"))
+    assert responder.feed(line) is None
+    assert responder.handing_over and responder.replay == [line]
+
+
+def test_a_line_split_across_the_handover_is_read_whole(tmp_path: Path, upstream: FakeUpstream) -> None:
+    env, fifo = hold_env(tmp_path, DANUBE_API_URL=upstream.url)
+    warm_cache(env)
+    env[TEST_HOLD_ENV] = str(fifo)
+    args = {"service_id": "svc_1", "credential_type": "api_key", "credential_value": "sk-fast-canary-78"}
+    call = encode(msg(5, "tools/call", {"name": "store_credential", "arguments": args})) + b"\n"
+    with raw_stdio(env) as raw:
+        raw.initialize()
+        raw.send(call[:40])  # read by the fast start (or still in the pipe: either way, whole later)
+        release(fifo)
+        raw.send(call[40:])
+        assert raw.recv_id(5)["result"]["isError"] is False
+        assert raw.close() == 0
+    assert len(upstream.requests) == 1

@@ -345,7 +345,13 @@ class FastResponder:
 
     def feed(self, line: bytes) -> bytes | None:
         """Take one input line; return the answer to write now, or None."""
-        answer = None if self.handing_over else self._answer(line)
+        answer = None
+        if not self.handing_over:
+            try:
+                answer = self._answer(line)
+            except Exception:  # a snapshot of an unexpected shape: the SDK answers instead
+                logger.debug("fast start: the snapshot could not answer; handing over to the SDK")
+                answer = None
         if answer is None:
             self.handing_over = True
             self.replay.append(line)

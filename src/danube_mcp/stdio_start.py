@@ -114,13 +114,16 @@ def run_stdio(opts: RunOptions) -> int:
     """Serve MCP over stdio until stdin ends; the exit code."""
     from danube_mcp.cli import _fast_exit, serve_stdio
 
-    key = fast_start.cache_key(server_options(opts))
+    # Pipes only (as hosts start servers): a terminal or a file gets an ordinary start, and no
+    # snapshot is recorded for it.
+    usable = fast_start.pipes(sys.stdin, sys.stdout)
+    key = fast_start.cache_key(server_options(opts)) if usable else None
     snapshot = fast_start.load_snapshot(key) if key is not None else None
     loader = _Loader(opts, key, record=snapshot is None)
     loader.thread.start()
     protocol_out = claim_stdout()
     handoff = None
-    if snapshot is not None and fast_start.pipes(sys.stdin, protocol_out):
+    if snapshot is not None:
         handoff = fast_start.run_fast_phase(
             sys.stdin.fileno(), protocol_out.fileno(), loader.ready_r, fast_start.FastResponder(snapshot)
         )

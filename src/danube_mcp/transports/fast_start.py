@@ -80,7 +80,10 @@ def cache_dir() -> Path:
 def cache_key(options: dict[str, Any]) -> str | None:
     """Everything that shapes the recorded answers, as one string; None if the SDK's installed
     versions cannot be told (no fast start then)."""
-    parts = [f"format={SNAPSHOT_FORMAT}", sys.version, sys.prefix, json.dumps(options, sort_keys=True)]
+    from danube_mcp import __version__
+
+    parts = [f"format={SNAPSHOT_FORMAT}", f"danube-mcp {__version__}", sys.version, sys.prefix]
+    parts.append(json.dumps(options, sort_keys=True))
     package = Path(__file__).resolve().parent.parent
     for root, dirs, files in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ SRC = REPO / "src"
 # The fast start's snapshot cache (transports/fast_start.py) for every child of this test run: the
 # first stdio start records it, every later one answers the handshake from it.
 CACHE_DIR = tempfile.mkdtemp(prefix="danube-mcp-test-cache-")
+atexit.register(shutil.rmtree, CACHE_DIR, True)
 
 
 def child_env(**extra: str) -> dict[str, str]:

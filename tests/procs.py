@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,12 @@ REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
 
 
+# The fast start's snapshot cache (transports/fast_start.py) for every child of this test run: the
+# first stdio start records it, every later one answers the handshake from it.
+CACHE_DIR = tempfile.mkdtemp(prefix="danube-mcp-test-cache-")
+atexit.register(shutil.rmtree, CACHE_DIR, True)
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """Environment for a child: importable from the checkout, nothing secret inherited."""
     env = {
@@ -33,6 +41,7 @@ def child_env(**extra: str) -> dict[str, str]:
         "HOME": os.environ.get("HOME", "/tmp"),
         "PYTHONPATH": str(SRC),
         "PYTHONUNBUFFERED": "1",
+        "DANUBE_MCP_CACHE_DIR": CACHE_DIR,
     }
     env.update(extra)
     return env

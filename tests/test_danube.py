@@ -1217,3 +1217,19 @@ def test_url_encoded_echo_is_scrubbed() -> None:
     text = f"see https://x.example/?v={quote(secret, safe='')} and {secret}"
     out = scrub(text, [secret])
     assert quote(secret, safe="") not in out and secret not in out
+
+
+@pytest.mark.anyio
+async def test_a_gzip_encoded_answer_is_decoded() -> None:
+    """The answer is read from the transport's byte stream as it is, unless it carries a content
+    coding: then it is decoded first, as before."""
+    import gzip
+
+    def step(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200, headers={"content-encoding": "gzip"}, content=gzip.compress(json.dumps(OK_BODY).encode())
+        )
+
+    async with harness(step) as h:
+        result = await h.client.store_credential(REQ)
+    assert result.service_name == "OpenAI"

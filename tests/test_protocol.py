@@ -35,6 +35,11 @@ TOO_LARGE = {
     "error": {"code": -32600, "message": "Invalid Request: message too large"},
 }
 
+
+def too_large(rid: Any) -> dict[str, Any]:
+    return {**TOO_LARGE, "id": rid}
+
+
 GOOD_ARGS = {"service_id": "svc_openai_001", "credential_type": "api_key", "credential_value": CANARY}
 
 _ids = itertools.count(1000)
@@ -412,7 +417,7 @@ def test_line_of_exactly_the_limit_is_served_one_byte_more_is_refused(server: Ra
     assert len(at_limit) == MAX_LINE_BYTES
     assert answers(server, at_limit + b"\n") == [{"jsonrpc": "2.0", "id": 61, "result": {}}]
     over = padded_ping(62, MAX_LINE_BYTES + 1)
-    assert answers(server, over + b"\n") == [TOO_LARGE]
+    assert answers(server, over + b"\n") == [too_large(62)]
 
 
 def test_ten_megabyte_line_gets_one_invalid_request_and_the_next_line_is_served(server: RawStdio) -> None:
@@ -420,7 +425,7 @@ def test_ten_megabyte_line_gets_one_invalid_request_and_the_next_line_is_served(
     huge = line(call(71, {**GOOD_ARGS, "credential_value": value}))
     assert len(huge) > 10 * 1024 * 1024
     started = time.monotonic()
-    assert answers(server, huge) == [TOO_LARGE]
+    assert answers(server, huge) == [too_large(71)]
     # A huge line of junk, without JSON at all, is refused the same way.
     assert answers(server, b"\x00\xff" * (5 * 1024 * 1024 + 7) + b"\n") == [TOO_LARGE]
     assert time.monotonic() - started < 30  # a deadline, not a performance figure

@@ -183,3 +183,90 @@ def test_version_and_bad_config_exit_cleanly() -> None:
     lines = bad.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "DANUBE_API_URL" in lines[0] and "https://" in lines[0]
     assert API_KEY not in bad.stderr.decode()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_over_long_line_ends_the_clients_own_call(upstream: FakeUpstream, mode: str) -> None:
+    """A request over the 4 MiB line limit is refused with its own id, so the SDK client's call
+    fails at once with -32600 (an answer with id null would leave it waiting for its timeout),
+    and the connection keeps serving."""
+    from mcp.shared.exceptions import MCPError
+
+    from danube_mcp.transports.stdio import MAX_LINE_BYTES
+
+    huge = {**ARGS, "credential_value": SECRET * (MAX_LINE_BYTES // len(SECRET) + 1)}
+    async with mcp_stdio(env_for(upstream), mode=mode) as (session, err):
+        with pytest.raises(MCPError) as caught:
+            # The timeout only bounds a failing run; a passing one is answered at once.
+            await session.call_tool("store_credential", huge, read_timeout_seconds=120)
+        after = await session.call_tool("store_credential", ARGS)
+    assert caught.value.error.code == -32600
+    assert caught.value.error.message == "Invalid Request: message too large"
+    assert after.is_error is False
+    assert len(upstream.requests) == 1  # only the second call reached Danube
+    everything = str(caught.value) + err.text()
+    for canary in CANARIES:
+        assert canary not in everything
+
+
+def test_over_long_line_answers_with_the_id_only_for_requests(upstream: FakeUpstream) -> None:
+    """Raw bytes: the id is read from the start of the line when the line is a request; a line
+    whose id cannot be read, or an over-long response, gets id null."""
+    from danube_mcp.transports.stdio import MAX_LINE_BYTES
+
+    pad = "x" * (MAX_LINE_BYTES + 10)
+
+    def refused(rid: object) -> dict[str, object]:
+        return {
+            "jsonrpc": "2.0",
+            "id": rid,
+            "error": {"code": -32600, "message": "Invalid Request: message too large"},
+        }
+
+    with raw_stdio(env_for(upstream)) as raw:
+        raw.initialize()
+        # The id after method, params last: the usual order of SDK clients.
+        request = {
+            "jsonrpc": "2.0",
+            "id": "call-1",
+            "method": "tools/call",
+            "params": {"name": "x", "v": pad},
+        }
+        raw.send(request)
+        assert raw.recv() == refused("call-1")
+        # params cut off before the method was seen: still a request.
+        raw.send(
+            b'{"id": 42, "params": {"v": "'
+            + pad.encode()
+            + b'"}, "method": "tools/call", "jsonrpc": "2.0"}\n'
+        )
+        assert raw.recv() == refused(42)
+        # The id far behind the long member cannot be read.
+        raw.send({"jsonrpc": "2.0", "method": "tools/call", "params": {"v": pad * 2}, "id": 43})
+        assert raw.recv() == refused(None)
+        # A response (to a request the server never sent) must not end a call of the client's.
+        raw.send({"jsonrpc": "2.0", "id": 44, "result": {"v": pad}})
+        assert raw.recv() == refused(None)
+        # Not an id JSON-RPC allows.
+        raw.send({"jsonrpc": "2.0", "id": True, "method": "tools/call", "params": {"v": pad}})
+        assert raw.recv() == refused(None)
+        raw.send({"jsonrpc": "2.0", "id": 45, "method": "ping"})
+        assert raw.recv() == {"jsonrpc": "2.0", "id": 45, "result": {}}
+        assert raw.close() == 0
+
+
+def test_id_with_a_lone_surrogate_is_refused_and_the_server_keeps_serving(upstream: FakeUpstream) -> None:
+    """An id escaped as a lone surrogate cannot be written back as UTF-8: it used to end the
+    server with a traceback; it gets -32600 with id null instead."""
+    with raw_stdio(env_for(upstream)) as raw:
+        raw.initialize()
+        raw.send(b'{"jsonrpc": "2.0", "id": "\\ud800", "method": "ping"}\n')
+        assert raw.recv() == {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": -32600, "message": "Invalid Request: id must be a string or an integer"},
+        }
+        raw.send({"jsonrpc": "2.0", "id": 9, "method": "ping"})
+        assert raw.recv() == {"jsonrpc": "2.0", "id": 9, "result": {}}
+        assert raw.close() == 0
+    assert "Traceback" not in raw.err.text()

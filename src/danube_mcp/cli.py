@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from danube_mcp.cli_parser import COMMANDS, TRANSPORT_PROBLEM, TRANSPORTS, build_parser
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from danube_mcp.backend import Backend
     from danube_mcp.config import Settings
     from danube_mcp.danube.tls import TrustRoots
+    from danube_mcp.transports.fast_start import Handoff
 
 logger = logging.getLogger("danube_mcp")
 
@@ -61,12 +62,15 @@ def resolve(args: argparse.Namespace, tls: TrustRoots | None = None) -> RunOptio
     )
 
 
-async def serve_stdio(opts: RunOptions, backend: Backend) -> None:
+async def serve_stdio(
+    opts: RunOptions, backend: Backend, handoff: Handoff | None = None, protocol_out: BinaryIO | None = None
+) -> None:
     from danube_mcp.secure_input import SecureInputBroker
     from danube_mcp.tool.handler import build_server
-    from danube_mcp.transports.stdio import claim_stdout, stdio_transport
+    from danube_mcp.transports import stdio
 
-    protocol_out = claim_stdout()
+    if protocol_out is None:
+        protocol_out = stdio.claim_stdout()
     broker = SecureInputBroker(ttl=opts.settings.secure_input_ttl) if opts.secure_input else None
     try:
         server, _ = build_server(
@@ -83,7 +87,9 @@ async def serve_stdio(opts: RunOptions, backend: Backend) -> None:
         async with contextlib.AsyncExitStack() as stack:
             if broker is not None:
                 await stack.enter_async_context(broker.running())
-            read, write = await stack.enter_async_context(stdio_transport(stdout=protocol_out))
+            read, write = await stack.enter_async_context(
+                stdio.stdio_transport(stdout=protocol_out, handoff=handoff)
+            )
             await server.run(read, write, server.create_initialization_options())
     finally:
         await backend.aclose()
@@ -156,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dispatch(arg_list[0], arg_list[1:])
     args = build_parser().parse_strict(arg_list)
     tls = None
-    if not (args.sandbox or args.self_test):
+    # The stdio command loads the trust roots on its loading thread instead (stdio_start.py), so
+    # that nothing delays the first answer.
+    stdio = (args.transport or os.environ.get("DANUBE_MCP_TRANSPORT", "").strip() or "stdio") == "stdio"
+    if not (args.sandbox or args.self_test or (stdio and argv is None)):
         from danube_mcp.config import DEFAULT_API_URL
         from danube_mcp.danube.tls import prefetch_for
 
@@ -201,8 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"danube-mcp: DANUBE_MCP_TRANSPORT {TRANSPORT_PROBLEM}", file=sys.stderr)
         return 2
 
-    import anyio
-
     try:
         http_opts = None
         if transport != "stdio":
@@ -222,6 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 print(f"danube-mcp: {exc}", file=sys.stderr)
                 return 2
+        if http_opts is None and argv is None and opts.settings.fast_start:
+            if _stdin_is_terminal():
+                print(TTY_NOTE, file=sys.stderr, flush=True)
+            from danube_mcp.stdio_start import run_stdio
+
+            return run_stdio(opts)
+        import anyio
+
         backend = open_process_backend(opts)
         if backend is None:
             return 2

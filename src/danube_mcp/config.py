@@ -17,7 +17,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
+
+class SecretStr:
+    """A secret string whose ``str`` and ``repr`` are masked (pydantic's ``SecretStr`` interface,
+    without importing pydantic at start-up, where every millisecond before the first answer counts)."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, value: str) -> None:
+        self._secret = value
+
+    def get_secret_value(self) -> str:
+        return self._secret
+
+    def __repr__(self) -> str:
+        return "SecretStr('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and other._secret == self._secret
+
+    def __hash__(self) -> int:
+        return hash(self._secret)
+
+    def __len__(self) -> int:
+        return len(self._secret)
+
 
 DEFAULT_API_URL = "https://api.danubeai.com"
 DEFAULT_TIMEOUT = 15.0
@@ -139,6 +166,8 @@ class Settings:
     secure_input: bool = False
     secure_input_ttl: float = DEFAULT_SECURE_INPUT_TTL
     public_url: str | None = None
+    # stdio: answer the handshake from the cached snapshot while the SDK loads (transports/fast_start.py).
+    fast_start: bool = True
 
 
 def parse_bool(raw: str | None, var: str) -> bool:
@@ -229,6 +258,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     secure_input = parse_bool(env.get("DANUBE_MCP_SECURE_INPUT"), "DANUBE_MCP_SECURE_INPUT")
     secure_input_ttl = _float(env, "DANUBE_MCP_SECURE_INPUT_TTL", DEFAULT_SECURE_INPUT_TTL, lo=0.0, hi=3600.0)
     public_url = _public_url(env.get("DANUBE_MCP_PUBLIC_URL"))
+    raw_fast = env.get("DANUBE_MCP_FAST_START")
+    fast_start = (
+        True if raw_fast is None or not raw_fast.strip() else parse_bool(raw_fast, "DANUBE_MCP_FAST_START")
+    )
 
     return Settings(
         api_url=api_url,
@@ -243,4 +276,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secure_input=secure_input,
         secure_input_ttl=secure_input_ttl,
         public_url=public_url,
+        fast_start=fast_start,
     )

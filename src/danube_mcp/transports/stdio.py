@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import queue
 import stat
@@ -36,35 +37,18 @@ from mcp_types.methods import SPEC_CLIENT_METHODS
 from pydantic import ValidationError
 
 from danube_mcp.jsonutil import loads_strict
+from danube_mcp.transports.fast_start import Handoff
+from danube_mcp.transports.lines import MAX_LINE_BYTES, LineSplitter, claim_stdout, too_large
+from danube_mcp.transports.lines import error_line as _error_line
+from danube_mcp.transports.lines import request_id as _request_id
 
-MAX_LINE_BYTES: Final = 4 * 1024 * 1024
+__all__ = ["EOF_GRACE", "MAX_LINE_BYTES", "claim_stdout", "classify_line", "stdio_transport"]
+
+logger = logging.getLogger("danube_mcp.transports.stdio")
+
 # After stdin closes, calls already received get this long to finish and write their answers.
 EOF_GRACE: Final = 5.0
 _READ_CHUNK: Final = 64 * 1024
-
-
-def claim_stdout() -> BinaryIO:
-    """Return a private binary handle on the real stdout; send everything else to stderr."""
-    sys.stdout.flush()
-    proto_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(proto_fd, "wb", buffering=0)
-
-
-def _error_line(code: int, message: str, id_: Any = None) -> bytes:
-    return (
-        json.dumps({"jsonrpc": "2.0", "id": id_, "error": {"code": code, "message": message}}).encode()
-        + b"\n"
-    )
-
-
-def _request_id(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        rid = obj.get("id")
-        if isinstance(rid, str | int) and not isinstance(rid, bool):
-            return rid
-    return None
 
 
 def classify_line(line: bytes) -> SessionMessage | bytes | None:
@@ -151,41 +135,16 @@ def _unknown_method(message: SessionMessage) -> bytes | None:
     return None
 
 
-class _LineSplitter:
-    """Splits a byte stream into lines; a line over the limit is dropped and reported instead."""
+def _splitter(
+    carried: LineSplitter | None, push: Callable[[bytes], None], write: Callable[[bytes], None]
+) -> LineSplitter:
+    def on_too_long(prefix: bytearray) -> None:
+        write(too_large(prefix))
 
-    def __init__(self, on_line: Callable[[bytes], None], on_too_long: Callable[[], None]) -> None:
-        self._on_line = on_line
-        self._on_too_long = on_too_long
-        self._buf = bytearray()
-        self._skipping = False
-
-    def feed(self, chunk: bytes) -> None:
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
-            piece = chunk[start:] if nl < 0 else chunk[start:nl]
-            if not self._skipping:
-                self._buf += piece
-                if len(self._buf) > MAX_LINE_BYTES:
-                    self._buf.clear()
-                    self._skipping = True
-                    self._on_too_long()
-            if nl < 0:
-                return
-            if not self._skipping:
-                self._on_line(bytes(self._buf))
-            self._buf.clear()
-            self._skipping = False
-            start = nl + 1
-
-    def finish(self) -> None:
-        if self._buf and not self._skipping:
-            self._on_line(bytes(self._buf))
-        self._buf.clear()
-
-
-TOO_LARGE: Final = _error_line(-32600, "Invalid Request: message too large")
+    if carried is None:
+        return LineSplitter(push, on_too_long)
+    carried.retarget(push, on_too_long)
+    return carried
 
 
 class _PipeIO:
@@ -224,7 +183,7 @@ class _PipeIO:
             self.io._out_closed = True
             self.io._writable.set()
 
-    def __init__(self) -> None:
+    def __init__(self, splitter: LineSplitter | None = None) -> None:
         self._lines: deque[bytes] = deque()
         self._ready = asyncio.Event()
         self._eof = False
@@ -234,7 +193,7 @@ class _PipeIO:
         self._out_closed = False
         self._in_transport: asyncio.ReadTransport | None = None
         self._out_transport: asyncio.WriteTransport | None = None
-        self._splitter = _LineSplitter(self._push, lambda: self.write(TOO_LARGE))
+        self._splitter = _splitter(splitter, self._push, self.write)
 
     async def open(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
         loop = asyncio.get_running_loop()
@@ -287,7 +246,7 @@ class _PipeIO:
 class _ThreadIO:
     """stdin and stdout through two daemon threads: for Windows, terminals and regular files."""
 
-    def __init__(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    def __init__(self, stdin: BinaryIO, stdout: BinaryIO, splitter: LineSplitter | None = None) -> None:
         self._in_fd = stdin.fileno()
         self._out = stdout
         self._loop = asyncio.get_running_loop()
@@ -296,7 +255,7 @@ class _ThreadIO:
         self._out_queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._out_room = asyncio.Event()
         self._out_room.set()
-        self._splitter = _LineSplitter(self._push, lambda: self.write(TOO_LARGE))
+        self._splitter = _splitter(splitter, self._push, self.write)
         self._reader = threading.Thread(target=self._read, name="danube-mcp-stdin", daemon=True)
         self._writer = threading.Thread(target=self._write, name="danube-mcp-stdout", daemon=True)
         self._reader.start()
@@ -366,25 +325,62 @@ def _pipe_capable(*files: BinaryIO) -> bool:
     return True
 
 
-async def _open_io(stdin: BinaryIO, stdout: BinaryIO) -> _PipeIO | _ThreadIO:
+async def _open_io(
+    stdin: BinaryIO, stdout: BinaryIO, splitter: LineSplitter | None = None
+) -> _PipeIO | _ThreadIO:
     if _pipe_capable(stdin, stdout):
-        pipes = _PipeIO()
+        pipes = _PipeIO(splitter)
         try:
             await pipes.open(stdin, stdout)
             return pipes
         except (OSError, ValueError, NotImplementedError):
             pass
-    return _ThreadIO(stdin, stdout)
+    return _ThreadIO(stdin, stdout, splitter)
+
+
+class _Replay:
+    """The lines a fast start read (see :mod:`danube_mcp.transports.fast_start`), fed to the SDK
+    first; the SDK's answers to the requests already answered are checked and dropped."""
+
+    def __init__(self, handoff: Handoff | None) -> None:
+        self.lines: deque[bytes] = deque(handoff.replay if handoff else ())
+        self.expected = dict(handoff.expected) if handoff else {}
+        self._on_mismatch = handoff.on_mismatch if handoff else None
+
+    def swallow(self, answer: dict[str, Any]) -> bool:
+        """True when ``answer`` is the SDK's to a request answered already (so it is not sent)."""
+        if not self.expected:
+            return False
+        rid = answer.get("id")
+        sent = self.expected.pop(rid, None) if isinstance(rid, str) else None
+        if sent is None:
+            return False
+        body = {k: v for k, v in answer.items() if k != "id"}
+        if body != {k: v for k, v in sent.items() if k != "id"}:
+            logger.warning(
+                "fast start: an answer sent before the SDK had loaded differs from the SDK's own; "
+                "its cache is discarded (the next start answers through the SDK)"
+            )
+            if self._on_mismatch is not None:
+                self._on_mismatch()
+                self._on_mismatch = None
+        return True
 
 
 @asynccontextmanager
 async def stdio_transport(
-    stdin: BinaryIO | None = None, stdout: BinaryIO | None = None
+    stdin: BinaryIO | None = None, stdout: BinaryIO | None = None, handoff: Handoff | None = None
 ) -> AsyncIterator[
     tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 ]:
-    """Yield the (read, write) stream pair that ``Server.run`` expects."""
-    io = await _open_io(stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
+    """Yield the (read, write) stream pair that ``Server.run`` expects.
+
+    With ``handoff``, carry on where a fast start left off: its lines first, then the rest of stdin.
+    """
+    replay = _Replay(handoff)
+    io = await _open_io(
+        stdin or sys.stdin.buffer, stdout or sys.stdout.buffer, handoff.splitter if handoff else None
+    )
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](64)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](64)
 
@@ -395,18 +391,16 @@ async def stdio_transport(
 
     async def pump_in() -> None:
         async with read_send:
-            while (line := await io.next_line()) is not None:
+            while (line := replay.lines.popleft() if replay.lines else await io.next_line()) is not None:
                 parsed = classify_line(line)
                 if parsed is None:
                     continue
+                if not isinstance(parsed, bytes):
+                    parsed = _unknown_method(parsed) or parsed
                 if isinstance(parsed, bytes):
-                    io.write(parsed)
-                    await io.drain()  # a client that sends junk and never reads cannot grow memory
-                    continue
-                rejected = _unknown_method(parsed)
-                if rejected is not None:
-                    io.write(rejected)
-                    await io.drain()
+                    if not replay.swallow(json.loads(parsed)):
+                        io.write(parsed)
+                        await io.drain()  # a client that sends junk and never reads cannot grow memory
                     continue
                 if isinstance(parsed.message, types.JSONRPCRequest):
                     pending.add(parsed.message.id)
@@ -427,10 +421,14 @@ async def stdio_transport(
             async with write_recv:
                 async for message in write_recv:
                     out = message.message
-                    io.write(out.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+                    data = out.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                    answer = isinstance(out, types.JSONRPCResponse | types.JSONRPCError)
                     if pending and isinstance(out, types.JSONRPCResponse | types.JSONRPCError):
                         pending.discard(out.id)
                         settled[0].set()
+                    if answer and replay.expected and replay.swallow(json.loads(data)):
+                        continue
+                    io.write(data + b"\n")
                     await io.drain()
         finally:
             out_done.set()

@@ -214,3 +214,13 @@ def test_property_no_encoded_form_survives(secret: str, encoding: str, before: s
     if len(norm) >= 8:
         assert not any(norm[i : i + 8] in alnum_form(out) for i in range(len(norm) - 7)), out
     assert secret not in out
+
+
+def test_a_secret_of_a_letter_or_two_drops_the_text_instead_of_shredding_it() -> None:
+    """Replacing every "v" would leave "no ser[REDACTED]ice has this ser[REDACTED]ice_id": unreadable,
+    and it still says where the letter was. The whole text goes instead."""
+    from danube_mcp.danube.redact import Scrubber
+
+    scrubber = Scrubber(["dk_live_key_long_enough_123456", "v"])
+    assert scrubber.safe("no service has this service_id") is None
+    assert scrubber.safe("no such id") == "no such id"  # text without it is kept

@@ -349,6 +349,8 @@ class Scrubber:
         probes = self._probes or self._prepare()
         for variant in probes.variants:
             if variant in text:
+                if len(variant) < MIN_FRAGMENT:  # a letter or two: replacing would shred the text
+                    return None
                 text = text.replace(variant, REDACTED)
         return None if probes.leaks(text) else text
 

@@ -9,10 +9,38 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 from danube_mcp.config import ConfigError
 
 BACKLOG = 2048  # uvicorn's default
+
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class ListeningSocket(socket.socket):
+    """A listening socket that ends asyncio's accept loop at the first resource error.
+
+    On EMFILE (and the like) asyncio logs the error, stops watching the socket for a second, and
+    then *keeps calling* ``accept()`` up to its backlog (2048) times in the same pass, logging and
+    scheduling a retry for every failure: thousands of log lines and timers per second while the
+    process is out of descriptors. Answering the next call with "nothing to accept" ends that pass
+    after one failure; the retry a second later starts afresh.
+    """
+
+    _exhausted = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self._exhausted:
+            self._exhausted = False
+            raise BlockingIOError(errno.EAGAIN, "accept paused after a resource error")
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES:
+                self._exhausted = True
+            raise
 
 
 class BindError(ConfigError):
@@ -60,7 +88,7 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             if (family, address[0]) in seen:
                 continue
             seen.add((family, address[0]))
-            sock = socket.socket(family, kind, proto)
+            sock = ListeningSocket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):

@@ -585,9 +585,23 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
     from sse_starlette.sse import AppStatus
 
     from danube_mcp.transports.bind import bind_listeners
+    from danube_mcp.transports.limits import (
+        ConnectionGuard,
+        RepeatFilter,
+        connection_room,
+        describe_cap,
+        raise_open_files_limit,
+    )
 
     if listeners is None:  # BindError (one line) before anything starts
         listeners = bind_listeners(options.host, options.port)
+    cap, cap_note = describe_cap(options.max_connections, connection_room(raise_open_files_limit()))
+    if cap_note:
+        logger.warning("%s", cap_note)
+    guard = ConnectionGuard(max_connections=cap, read_timeout=options.read_timeout)
+    # uvicorn warns once per malformed request ("Invalid HTTP request received."), as fast as a
+    # client can send them: each distinct line at most every 10 s, with a count.
+    logging.getLogger("uvicorn.error").addFilter(RepeatFilter())
     app = create_app(run.settings, options, backend=backend)
     # sse-starlette would end every open SSE response (and with it the answers of calls in
     # flight) on the first signal; the drain below decides when streams close instead.
@@ -621,6 +635,8 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
         app,
         host=options.host,
         port=options.port,
+        # h11 with the connection cap and the read deadline (transports/limits.py).
+        http=guard.protocol_class(),
         log_config=None,
         access_log=False,
         lifespan="on",
@@ -636,6 +652,7 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
 
     async def main() -> None:
         server.loop = asyncio.get_running_loop()
+        server.loop.set_exception_handler(guard.exception_handler)
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, listeners)
             while not server.started:

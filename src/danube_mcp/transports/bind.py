@@ -101,7 +101,7 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             sock.listen(BACKLOG)
             sock.setblocking(False)
     except BaseException:
-        for sock in sockets:
-            sock.close()
+        for opened in sockets:
+            opened.close()
         raise
     return sockets

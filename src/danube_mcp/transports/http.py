@@ -234,6 +234,10 @@ def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tupl
         return 400, -32700, "Parse error: the body is not valid JSON"
     if not isinstance(message, dict):
         return 400, -32600, "Invalid Request: the body must be one JSON-RPC object"
+    if message.get("jsonrpc") != "2.0":
+        # Refused here, already parsed: handing it on would cost the SDK a second parse, a
+        # validation error and, on the initialize-era path, a session set up and torn down.
+        return 400, -32600, "Invalid Request: the body is not a valid JSON-RPC message"
     params = message.get("params") if isinstance(message, dict) else None
     meta = params.get("_meta") if isinstance(params, dict) else None
     claimed = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None

@@ -24,13 +24,10 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
-import os
 import resource
 import secrets
-import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 from _common import (
@@ -402,7 +399,7 @@ def _fig(value: float, unit: str, ref: float = NAN, **extra: Any) -> Json:
 def run(args: argparse.Namespace) -> Json:
     raise_own_nofile()
     argv = parse_cmd(args.server)
-    if args.server == REFERENCE_CMD or "danube_mcp" not in " ".join(argv) and "danube-mcp" not in argv[0]:
+    if args.server == REFERENCE_CMD or ("danube_mcp" not in " ".join(argv) and "danube-mcp" not in argv[0]):
         return {
             "figures": {},
             "skipped": "hardening measures danube-mcp only: pass --server 'python -m danube_mcp'",

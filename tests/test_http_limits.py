@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -60,9 +61,10 @@ def serve(
     *,
     upstream_url: str = "http://127.0.0.1:9",
     preexec: Callable[[], None] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     err = Captured()
-    env = child_env(DANUBE_API_KEY=SERVER_KEY, DANUBE_API_URL=upstream_url)
+    env = {**(extra_env or {}), **child_env(DANUBE_API_KEY=SERVER_KEY, DANUBE_API_URL=upstream_url)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "danube_mcp", "--transport", "streamable-http", "--port", "0", *args],
         stdin=subprocess.DEVNULL,
@@ -468,3 +470,36 @@ def test_bad_flags_are_one_line_exit_2_without_the_value(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert words in err and "sk-CANARY" not in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Session caps under a concurrent initialize flood
+
+
+def test_concurrent_initialize_requests_cannot_pass_the_same_free_session_slot() -> None:
+    async def flood(port: int, n: int) -> list[httpx2.Response]:
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "flood", "version": "0"},
+            },
+        }
+        headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+        limits = httpx2.Limits(max_connections=n)
+        async with httpx2.AsyncClient(timeout=30, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers) for _ in range(n))
+            )
+
+    env = child_env(DANUBE_MCP_MAX_SESSIONS_PER_CALLER="3")
+    with serve((), extra_env=env) as srv:
+        answers = asyncio.run(flood(srv.port, 24))
+        text = srv.stderr()
+    opened = [r for r in answers if r.status_code == 200 and "mcp-session-id" in r.headers]
+    assert len(opened) == 3
+    assert sorted({r.status_code for r in answers if r not in opened}) == [429]
+    assert_quiet(text)

@@ -430,7 +430,7 @@ class DanubeHttpApp:
             receive = _replay(body, receive)
             opening = is_mcp and session_id is None and not self.options.stateless and not _is_modern(scope)
         if opening or (path == SSE_PATH and self.sse is not None):
-            refusal = self._session_refusal(scope, identity)
+            refusal = self._session_refusal(scope, identity, reserve=opening)
             if refusal is not None:
                 status, text = refusal
                 await _drain(receive)
@@ -463,6 +463,8 @@ class DanubeHttpApp:
             finally:
                 if session_id is not None:
                     self.sessions.touch(session_id)  # idle time counts from the end of a request
+                if opening:
+                    self.sessions.release(identity)  # the session it opened, if any, now counts
         elif path == SSE_PATH and self.sse is not None:
             await self._serve_sse(scope, receive, send, identity)
         elif path == MESSAGES_PATH and self.sse is not None:
@@ -480,7 +482,9 @@ class DanubeHttpApp:
             await _drain(receive)
             await _send_json(send, 404, {"error": "not_found"})
 
-    def _session_refusal(self, scope: Scope, identity: str) -> tuple[int, str] | None:
+    def _session_refusal(
+        self, scope: Scope, identity: str, *, reserve: bool = False
+    ) -> tuple[int, str] | None:
         """Why a new session may not be opened by this caller now, or None."""
         if (
             self.options.public_bind
@@ -488,7 +492,7 @@ class DanubeHttpApp:
             and not (header(scope, CLIENT_KEY_HEADER.encode()) or "").strip()
         ):
             return 401, "Sessions on this server need your own Danube key in the danube-api-key header"
-        return self.sessions.admit(identity)
+        return self.sessions.admit(identity, reserve=reserve)
 
     def _authorized(self, scope: Scope) -> bool:
         assert self._token is not None

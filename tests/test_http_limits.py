@@ -503,3 +503,14 @@ def test_concurrent_initialize_requests_cannot_pass_the_same_free_session_slot()
     assert len(opened) == 3
     assert sorted({r.status_code for r in answers if r not in opened}) == [429]
     assert_quiet(text)
+
+
+def test_malformed_requests_are_logged_once_per_interval_not_once_each() -> None:
+    with serve(()) as srv:
+        for _ in range(30):
+            with connect(srv.port, b"NOT HTTP AT ALL\x00\r\n\r\n") as sock:
+                assert read_until_closed(sock, time.monotonic() + 10).startswith(b"HTTP/1.1 400 ")
+        text = srv.stderr()
+    assert_quiet(text)
+    lines = [line for line in text.splitlines() if "Invalid HTTP request" in line]
+    assert 1 <= len(lines) < 30

@@ -6,6 +6,8 @@ each layer below costs a function call, not a middleware stack.
 
 Order of checks for every request except ``GET /healthz``:
 Host (421) → Origin (403) → access token (401) → body size (413) → the MCP transport.
+Below ASGI, in the server ``serve_http`` runs, each connection first passes the connection cap
+(503) and must send its whole request within the read deadline (408): see ``limits.py``.
 The SDK's own answers are rewritten where they would quote the request back (its 400 for an
 invalid JSON-RPC body echoes the body, secret included).
 

@@ -312,6 +312,15 @@ async def _until_healthz(host: str, port: int, limit: float) -> float:
     return NAN
 
 
+def soft_nofile(pid: int) -> int | None:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                value = line.split()[3]
+                return int(value) if value.isdigit() else None
+    return None
+
+
 async def _cap(server: HttpServer, cap: int, extra: int, read_timeout: float) -> Json:
     host, port, pid = server.host, server.port, server.child.pid
     stderr0 = server.child.stderr_size()
@@ -327,9 +336,9 @@ async def _cap(server: HttpServer, cap: int, extra: int, read_timeout: float) ->
         w.close()
     recovery = await _until_healthz(host, port, 30)
     # Drips that never leave: the server closes them itself after the read deadline.
-    drips = await _open_drips(host, port, cap)
+    drips = await _open_drips(host, port, cap or extra)
     t0 = time.monotonic()
-    closed = await asyncio.gather(*(_first_answer(r, read_timeout + 30) for r, _ in drips))
+    closed = await asyncio.gather(*(_first_answer(r, 2 * read_timeout + 5) for r, _ in drips))
     held_for = time.monotonic() - t0
     kinds_deadline = Counter(_classify(a) for a in closed)
     for _, w in drips:
@@ -350,15 +359,14 @@ async def _cap(server: HttpServer, cap: int, extra: int, read_timeout: float) ->
 
 
 def phase_cap(cmd: ServerCmd, env: dict[str, str], args: argparse.Namespace) -> Json:
-    limit_cmd = ServerCmd(
-        cmd.label,
-        cmd.argv,
-        (*cmd.http_args, "--max-connections", str(args.cap), "--read-timeout", str(args.read_timeout)),
-        cmd.http_path,
-    )
+    # --cap 0: the server's own defaults, no flags (also for a build that has no such flags).
+    flags = ("--max-connections", str(args.cap), "--read-timeout", str(args.read_timeout)) if args.cap else ()
+    limit_cmd = ServerCmd(cmd.label, cmd.argv, (*cmd.http_args, *flags), cmd.http_path)
     with http_server(limit_cmd, env) as server:
         asyncio.run(probe_healthz(server.host, server.port, 0.3, 0.01))
-        return asyncio.run(_cap(server, args.cap, args.cap_extra, args.read_timeout))
+        return asyncio.run(_cap(server, args.cap, args.cap_extra, args.read_timeout)) | {
+            "soft_nofile": soft_nofile(server.child.pid)
+        }
 
 
 # --------------------------------------------------------------------------- the script
@@ -445,9 +453,11 @@ def run(args: argparse.Namespace) -> Json:
             c = phase_cap(cmd, env, args)
             raw["cap"] = c
             a = c["answers"]
-            figures[f"drip connections held of {args.cap + args.cap_extra} (cap {args.cap})"] = _fig(
-                a.get("held", 0), "count", answers=a
+            cap_text = f"cap {args.cap}" if args.cap else "server defaults"
+            figures[f"drip connections held of {args.cap + args.cap_extra} ({cap_text})"] = _fig(
+                a.get("held", 0), "count", answers=a, soft_nofile=c["soft_nofile"]
             )
+            figures["server's open-files limit (soft)"] = _fig(c["soft_nofile"] or NAN, "count")
             figures["drip connections over the cap answered 503"] = _fig(a.get("503", 0), "count")
             figures["drip connections over the cap closed/reset"] = _fig(a.get("closed", 0), "count")
             figures["a new client's /healthz at the cap"] = _fig(c["fresh_client"] or 0, "HTTP status")

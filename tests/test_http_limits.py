@@ -180,6 +180,16 @@ def assert_quiet(text: str, max_bytes: int = 4096) -> None:
         assert canary not in text
 
 
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+
+
+def _limit_nofile(soft: int, hard: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return apply
+
+
 # --------------------------------------------------------------------------------------------
 # The connection cap
 
@@ -214,6 +224,24 @@ def test_drip_clients_over_the_cap_are_refused_and_the_server_serves_again_once_
     # One rate-limited line for the whole burst of refusals, not one per connection.
     lines = [line for line in text.splitlines() if "connection limit reached" in line]
     assert 1 <= len(lines) < extra
+
+
+@needs_proc
+def test_a_burst_of_connections_cannot_overrun_the_cap_or_the_open_files_limit() -> None:
+    # 256 open files leave room for 128 connections (at least half the limit); a burst of 400
+    # arrives faster than connections reach their protocol, so the cap must hold at accept().
+    with serve(("--read-timeout", "300"), preexec=_limit_nofile(256, 256)) as srv:
+        socks = [connect(srv.port, DRIP_HEAD) for _ in range(400)]
+        try:
+            refused = closed_by_server(socks, 400 - 128, timeout=30)
+            assert all(d == b"" or d.startswith(b"HTTP/1.1 503 ") for d in refused.values())
+        finally:
+            for s in socks:
+                s.close()
+        wait_for(lambda: healthz_status(srv.port, 3) == 200, 30, "/healthz never answered 200 again")
+        text = srv.stderr()
+    assert_quiet(text)
+    assert "cannot accept new connections" not in text
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,9 +358,6 @@ def soft_nofile(pid: int) -> int:
     return int(m.group(1))
 
 
-needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
-
-
 def exhaust_descriptors(srv: Server, spare: int) -> None:
     """Leave the running server ``spare`` free descriptors (prlimit from outside, as an operator's
     lowered limit or a leak elsewhere in the process would)."""
@@ -377,13 +402,6 @@ def test_accept_errors_stay_one_line_per_interval_while_descriptors_stay_exhaust
     m = re.search(r"cannot accept new connections: .*\((\d+) more like this", text)
     assert m, text
     assert 1 <= int(m.group(1)) < 100
-
-
-def _limit_nofile(soft: int, hard: int) -> Callable[[], None]:
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-    return apply
 
 
 @needs_proc

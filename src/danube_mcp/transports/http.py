@@ -594,7 +594,7 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
     import uvicorn
     from sse_starlette.sse import AppStatus
 
-    from danube_mcp.transports.bind import bind_listeners
+    from danube_mcp.transports.bind import ListeningSocket, bind_listeners
     from danube_mcp.transports.limits import (
         ConnectionGuard,
         RepeatFilter,
@@ -654,6 +654,11 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
         server_header=False,
     )
     server = Server(config)
+    # The cap is checked where connections are accepted, before asyncio takes them on.
+    guard.connections = server.server_state.connections
+    for sock in listeners:
+        if isinstance(sock, ListeningSocket):
+            sock.gate = guard.gate
 
     # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler turns
     # that into a normal return, so a graceful stop exits 0 rather than dying by signal.

@@ -25,10 +25,12 @@ this applies: use that server's own limits (``--limit-concurrency``, ``--timeout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
@@ -185,6 +187,23 @@ class ConnectionGuard:
     )
     refused: int = 0
     timed_out: int = 0
+    # uvicorn's set of open connections (``server_state.connections``), and the descriptors of
+    # connections admitted at accept() that have not reached their protocol yet.
+    connections: Collection[object] = ()
+    pending: set[int] = field(default_factory=set)
+
+    def gate(self, conn: socket.socket) -> bool:
+        """At ``accept()`` (``ListeningSocket.gate``): admit ``conn``, or answer 503 and close it."""
+        open_now = len(self.connections) + len(self.pending)
+        if open_now < self.max_connections:
+            self.pending.add(conn.fileno())
+            return True
+        self.on_refused(open_now)
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(REFUSAL)  # a fresh socket's send buffer is empty: this does not block
+        conn.close()
+        return False
 
     def protocol_class(self) -> type[H11Protocol]:
         """The uvicorn ``http`` protocol class that applies this guard (``Config(http=...)``)."""
@@ -193,7 +212,8 @@ class ConnectionGuard:
     def on_refused(self, open_now: int) -> None:
         self.refused += 1
         self.refused_log(
-            "connection limit reached (%d open, DANUBE_MCP_MAX_CONNECTIONS=%d): refusing new connections",
+            "connection limit reached (%d open, limit %d, see DANUBE_MCP_MAX_CONNECTIONS): "
+            "refusing new connections",
             open_now,
             self.max_connections,
         )
@@ -237,6 +257,9 @@ class GuardedH11Protocol(H11Protocol):
     # -- the cap
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.guard.pending.discard(sock.fileno())
         open_now = len(self.connections)
         if open_now >= self.guard.max_connections:
             self._refused = True

@@ -611,7 +611,9 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
     guard = ConnectionGuard(max_connections=cap, read_timeout=options.read_timeout)
     # uvicorn warns once per malformed request ("Invalid HTTP request received."), as fast as a
     # client can send them: each distinct line at most every 10 s, with a count.
-    logging.getLogger("uvicorn.error").addFilter(RepeatFilter())
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RepeatFilter) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(RepeatFilter())
     app = create_app(run.settings, options, backend=backend)
     # sse-starlette would end every open SSE response (and with it the answers of calls in
     # flight) on the first signal; the drain below decides when streams close instead.

@@ -217,12 +217,15 @@ def _is_modern(scope: Scope) -> bool:
 _VERSION_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tuple[int, int, str] | None:
+def _check_body(
+    body: bytes, scope: Scope, *, modern_rules: bool = True, served: bool = True
+) -> tuple[int, int, str] | None:
     """Cheap checks on a POST body before the SDK parses it: (status, code, message) or None.
 
     Arrays (batches) are refused before any parsing; the body is parsed once here, with nesting
-    bounded; a 2026-07-28 body must name the same revision as its MCP-Protocol-Version header.
-    No message ever quotes the body.
+    bounded; on a path that is served (``served``), an object whose ``jsonrpc`` is not "2.0" is
+    refused here rather than parsed again by the SDK; a 2026-07-28 body must name the same
+    revision as its MCP-Protocol-Version header. No message ever quotes the body.
     """
     start = body.lstrip()[:1]
     if not start:
@@ -236,7 +239,7 @@ def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tupl
         return 400, -32700, "Parse error: the body is not valid JSON"
     if not isinstance(message, dict):
         return 400, -32600, "Invalid Request: the body must be one JSON-RPC object"
-    if message.get("jsonrpc") != "2.0":
+    if served and message.get("jsonrpc") != "2.0":
         # Refused here, already parsed: handing it on would cost the SDK a second parse, a
         # validation error and, on the initialize-era path, a session set up and torn down.
         return 400, -32600, "Invalid Request: the body is not a valid JSON-RPC message"
@@ -424,7 +427,10 @@ class DanubeHttpApp:
                 return
             # The 2026 header rules belong to /mcp; legacy SSE's /messages/ answers a 2026 probe
             # with -32601 from the initialize-era loop, so dual-era clients fall back.
-            problem = _check_body(body, scope, modern_rules=is_mcp) if path != HEALTH_PATH else None
+            served = is_mcp or (path == MESSAGES_PATH and self.sse is not None)
+            problem = (
+                _check_body(body, scope, modern_rules=is_mcp, served=served) if path != HEALTH_PATH else None
+            )
             if problem is not None:
                 status, code, text = problem
                 await _send_json(send, status, _jsonrpc_error(code, text))

@@ -316,6 +316,17 @@ def test_the_next_request_on_a_kept_alive_connection_has_its_own_deadline(quick_
     assert data.startswith(b"HTTP/1.1 408 ") or data == b""
 
 
+def test_a_pipelined_request_left_unfinished_is_answered_408_and_closed(quick_deadline: Server) -> None:
+    stalled = (
+        b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"accept: application/json, text/event-stream\r\ncontent-length: 200\r\n\r\n{"
+    )
+    with connect(quick_deadline.port, HEALTHZ + stalled) as sock:
+        data = read_until_closed(sock, time.monotonic() + 20)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert data.count(b"HTTP/1.1 ") == 1 or b"HTTP/1.1 408 " in data
+
+
 def test_a_slow_answer_is_not_cut_by_the_read_deadline(
     quick_deadline: Server, upstream_slow: FakeUpstream
 ) -> None:

@@ -287,9 +287,13 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        # A pipelined request already buffered is half read: its deadline starts now.
-        if self.conn.trailing_data[0]:
-            self._follow_request()
+        if self.transport.is_closing():
+            return
+        # A pipelined request read ahead is still being received: its deadline starts now. (An
+        # idle kept-alive connection is uvicorn's keep-alive timeout's to close.)
+        state = self.conn.their_state
+        if state is h11.SEND_BODY or (state is h11.IDLE and self.conn.trailing_data[0]):
+            self._arm(partial=True)
 
     def _follow_request(self) -> None:
         """Arm the deadline while a request is being read; disarm once it is all in."""

@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
 import cold_start
+import hardening
 import http_throughput
 import memory
 import overlap
@@ -46,6 +47,7 @@ SCRIPTS: dict[str, ModuleType] = {
     "http_throughput": http_throughput,
     "overlap": overlap,
     "memory": memory,
+    "hardening": hardening,
 }
 
 
@@ -88,6 +90,32 @@ def targets(args: argparse.Namespace) -> list[Target]:
         Target("memory", "idle RSS", "<= 1.05x", _ratio(1.05, "<=")),
         Target("memory", f"RSS growth over {args.memory_calls} calls", "< 1 MiB", _ours(1.0, "<")),
         Target("memory", "failed calls", "0", _ours(0, "==")),
+        Target(
+            "hardening",
+            "/healthz p99, 8 clients sending worst-case bodies (ref: idle)",
+            "< 50 ms",
+            _ours(50, "<"),
+        ),
+        Target("hardening", "/healthz failures under worst-case bodies", "0", _ours(0, "==")),
+        Target(
+            "hardening",
+            f"sessions opened by {args.hardening_flood} initialize (no key)",
+            "<= 100 (per caller)",
+            _ours(100),
+        ),
+        Target(
+            "hardening",
+            f"sessions opened by {args.hardening_flood} initialize (a new key each)",
+            "<= 1000 (in all)",
+            _ours(1000),
+        ),
+        Target(
+            "hardening",
+            f"drip connections held of {args.hardening_cap + 200} (cap {args.hardening_cap})",
+            f"<= {args.hardening_cap}",
+            _ours(args.hardening_cap),
+        ),
+        Target("hardening", "/healthz 200 again after the drips leave", "< 1000 ms", _ours(1000, "<")),
     ]
 
 
@@ -98,6 +126,14 @@ def script_argv(name: str, args: argparse.Namespace) -> list[str]:
         "http_throughput": ["--duration", str(args.http_duration), "--rounds", str(args.http_rounds)],
         "overlap": ["--rounds", str(args.overlap_rounds)],
         "memory": ["--calls", str(args.memory_calls)],
+        "hardening": [
+            "--flood",
+            str(args.hardening_flood),
+            "--probe-seconds",
+            str(args.hardening_seconds),
+            "--cap",
+            str(args.hardening_cap),
+        ],
     }
     return sizes[name]
 
@@ -111,6 +147,9 @@ def table(results: dict[str, Json], args: argparse.Namespace) -> list[list[str]]
     for script, result in results.items():
         if "error" in result:
             rows.append([script, "FAILED TO RUN", *[""] * len(FIGURE_HEADER), "", "ERROR"])
+            continue
+        if "skipped" in result:
+            rows.append([script, f"skipped: {result['skipped']}", *[""] * len(FIGURE_HEADER), "", ""])
             continue
         for name, f in result["figures"].items():
             t = by_key.get((script, name))
@@ -167,12 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-rounds", type=int, default=3)
     parser.add_argument("--overlap-rounds", type=int, default=6)
     parser.add_argument("--memory-calls", type=int, default=10_000)
+    parser.add_argument("--hardening-flood", type=int, default=10_000, help="initialize requests per flood")
+    parser.add_argument("--hardening-seconds", type=float, default=5.0, help="/healthz probing, each side")
+    parser.add_argument("--hardening-cap", type=int, default=2000, help="--max-connections of the cap phase")
     parser.add_argument("--out", default=None, help="JSON file (default: bench/results/run-<time>.json)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
     if args.quick:
         args.cold_rounds, args.importtime_runs, args.stdio_calls, args.stdio_rounds = 4, 1, 400, 2
         args.http_duration, args.http_rounds, args.overlap_rounds, args.memory_calls = 1.0, 1, 2, 1000
+        args.hardening_flood, args.hardening_seconds, args.hardening_cap = 2000, 2.0, 300
 
     common = ["--server", args.server, "--reference", args.reference, "--http-args", args.http_args]
     if args.fastmcp1_python:

@@ -18,8 +18,10 @@ COMMANDS = ("login", "logout", "store")
 
 PORT_PROBLEM = "must be a whole number from 0 to 65535 (0 picks a free port)"
 TRANSPORT_PROBLEM = f"must be one of {', '.join(TRANSPORTS)}"
+MAX_CONNECTIONS_PROBLEM = "must be a whole number from 1 to 1000000"
+READ_TIMEOUT_PROBLEM = "must be a number of seconds from 0.1 to 3600"
 # argparse details that carry no value of the user's; every other detail is replaced.
-_SAFE_DETAILS = frozenset({PORT_PROBLEM, TRANSPORT_PROBLEM})
+_SAFE_DETAILS = frozenset({PORT_PROBLEM, TRANSPORT_PROBLEM, MAX_CONNECTIONS_PROBLEM, READ_TIMEOUT_PROBLEM})
 # Only names shaped like this program's own flags (lowercase words and dashes, short) are repeated
 # in an error; anything else might be a pasted secret.
 _FLAG_NAME = re.compile(r"--[a-z][a-z-]{0,24}")
@@ -61,6 +63,24 @@ def _port(raw: str) -> int:
     if not 0 <= port <= 65535 or not raw.strip().isascii():
         raise argparse.ArgumentTypeError(PORT_PROBLEM)
     return port
+
+
+def _max_connections(raw: str) -> int:
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(MAX_CONNECTIONS_PROBLEM)
+    return int(text)
+
+
+def _seconds(raw: str) -> float:
+    text = raw.strip()
+    try:
+        value = float(text) if text.isascii() else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 3600:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(READ_TIMEOUT_PROBLEM)
+    return value
 
 
 def _transport(raw: str) -> str:
@@ -220,5 +240,21 @@ def build_parser() -> _Parser:
         default=None,
         help="every caller must send its own danube-api-key header; the server's key is never "
         "used; env DANUBE_MCP_REQUIRE_CLIENT_KEY=1",
+    )
+    security.add_argument(
+        "--max-connections",
+        type=_max_connections,
+        default=None,
+        metavar="N",
+        help="open client connections at most; more are answered 503 and closed (default 2000, "
+        "lowered to what the open-files limit allows); env DANUBE_MCP_MAX_CONNECTIONS",
+    )
+    security.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="time a client has to send a whole request, headers and body, before the connection "
+        "is closed (default 10); env DANUBE_MCP_READ_TIMEOUT",
     )
     return p

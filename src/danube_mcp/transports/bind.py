@@ -9,10 +9,54 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
+from typing import Any
 
 from danube_mcp.config import ConfigError
 
 BACKLOG = 2048  # uvicorn's default
+
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+# Connections a gate may refuse in one accept() call before the event loop gets a turn.
+REFUSALS_PER_CALL = 256
+
+
+class ListeningSocket(socket.socket):
+    """A listening socket with a gate at ``accept()``, and an end to asyncio's accept loop at the
+    first resource error.
+
+    ``gate``, when set, sees every accepted connection before asyncio does: True hands it on,
+    False means the gate has answered and closed it. asyncio accepts up to its backlog (2048)
+    connections in one pass before any of them reaches a protocol, so a cap checked only in the
+    protocol can be overrun by a burst; checked here, it cannot.
+
+    On EMFILE (and the like) asyncio logs the error, stops watching the socket for a second, and
+    then *keeps calling* ``accept()`` up to its backlog times in the same pass, logging and
+    scheduling a retry for every failure: thousands of log lines and timers per second while the
+    process is out of descriptors. Answering the next call with "nothing to accept" ends that pass
+    after one failure; the retry a second later starts afresh.
+    """
+
+    _exhausted = False
+    gate: Callable[[socket.socket], bool] | None = None
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self._exhausted:
+            self._exhausted = False
+            raise BlockingIOError(errno.EAGAIN, "accept paused after a resource error")
+        for _ in range(REFUSALS_PER_CALL):
+            try:
+                conn, address = super().accept()
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._exhausted = True
+                raise
+            if self.gate is None or self.gate(conn):
+                return conn, address
+        raise BlockingIOError(errno.EAGAIN, "accept yields after refusing connections")
 
 
 class BindError(ConfigError):
@@ -60,7 +104,7 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             if (family, address[0]) in seen:
                 continue
             seen.add((family, address[0]))
-            sock = socket.socket(family, kind, proto)
+            sock = ListeningSocket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
@@ -73,7 +117,7 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             sock.listen(BACKLOG)
             sock.setblocking(False)
     except BaseException:
-        for sock in sockets:
-            sock.close()
+        for opened in sockets:
+            opened.close()
         raise
     return sockets

@@ -6,6 +6,8 @@ each layer below costs a function call, not a middleware stack.
 
 Order of checks for every request except ``GET /healthz``:
 Host (421) → Origin (403) → access token (401) → body size (413) → the MCP transport.
+Below ASGI, in the server ``serve_http`` runs, each connection first passes the connection cap
+(503) and must send its whole request within the read deadline (408): see ``limits.py``.
 The SDK's own answers are rewritten where they would quote the request back (its 400 for an
 invalid JSON-RPC body echoes the body, secret included).
 
@@ -196,12 +198,15 @@ def _is_modern(scope: Scope) -> bool:
 _VERSION_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tuple[int, int, str] | None:
+def _check_body(
+    body: bytes, scope: Scope, *, modern_rules: bool = True, served: bool = True
+) -> tuple[int, int, str] | None:
     """Cheap checks on a POST body before the SDK parses it: (status, code, message) or None.
 
     Arrays (batches) are refused before any parsing; the body is parsed once here, with nesting
-    bounded; a 2026-07-28 body must name the same revision as its MCP-Protocol-Version header.
-    No message ever quotes the body.
+    bounded; on a path that is served (``served``), an object whose ``jsonrpc`` is not "2.0" is
+    refused here rather than parsed again by the SDK; a 2026-07-28 body must name the same
+    revision as its MCP-Protocol-Version header. No message ever quotes the body.
     """
     start = body.lstrip()[:1]
     if not start:
@@ -215,6 +220,10 @@ def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tupl
         return 400, -32700, "Parse error: the body is not valid JSON"
     if not isinstance(message, dict):
         return 400, -32600, "Invalid Request: the body must be one JSON-RPC object"
+    if served and message.get("jsonrpc") != "2.0":
+        # Refused here, already parsed: handing it on would cost the SDK a second parse, a
+        # validation error and, on the initialize-era path, a session set up and torn down.
+        return 400, -32600, "Invalid Request: the body is not a valid JSON-RPC message"
     params = message.get("params") if isinstance(message, dict) else None
     meta = params.get("_meta") if isinstance(params, dict) else None
     claimed = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None
@@ -399,7 +408,10 @@ class DanubeHttpApp:
                 return
             # The 2026 header rules belong to /mcp; legacy SSE's /messages/ answers a 2026 probe
             # with -32601 from the initialize-era loop, so dual-era clients fall back.
-            problem = _check_body(body, scope, modern_rules=is_mcp) if path != HEALTH_PATH else None
+            served = is_mcp or (path == MESSAGES_PATH and self.sse is not None)
+            problem = (
+                _check_body(body, scope, modern_rules=is_mcp, served=served) if path != HEALTH_PATH else None
+            )
             if problem is not None:
                 status, code, text = problem
                 await send_json(send, status, _jsonrpc_error(code, text))
@@ -407,7 +419,7 @@ class DanubeHttpApp:
             receive = _replay(body, receive)
             opening = is_mcp and session_id is None and not self.options.stateless and not _is_modern(scope)
         if opening or (path == SSE_PATH and self.sse is not None):
-            refusal = self._session_refusal(scope, identity)
+            refusal = self._session_refusal(scope, identity, reserve=opening)
             if refusal is not None:
                 status, text = refusal
                 await _drain(receive)
@@ -440,6 +452,8 @@ class DanubeHttpApp:
             finally:
                 if session_id is not None:
                     self.sessions.touch(session_id)  # idle time counts from the end of a request
+                if opening:
+                    self.sessions.release(identity)  # the session it opened, if any, now counts
         elif path == SSE_PATH and self.sse is not None:
             await self._serve_sse(scope, receive, send, identity)
         elif path == MESSAGES_PATH and self.sse is not None:
@@ -457,7 +471,9 @@ class DanubeHttpApp:
             await _drain(receive)
             await send_json(send, 404, {"error": "not_found"})
 
-    def _session_refusal(self, scope: Scope, identity: str) -> tuple[int, str] | None:
+    def _session_refusal(
+        self, scope: Scope, identity: str, *, reserve: bool = False
+    ) -> tuple[int, str] | None:
         """Why a new session may not be opened by this caller now, or None."""
         if (
             self.options.public_bind
@@ -465,7 +481,7 @@ class DanubeHttpApp:
             and not (header(scope, CLIENT_KEY_HEADER.encode()) or "").strip()
         ):
             return 401, "Sessions on this server need your own Danube key in the danube-api-key header"
-        return self.sessions.admit(identity)
+        return self.sessions.admit(identity, reserve=reserve)
 
     def _authorized(self, scope: Scope) -> bool:
         assert self._token is not None
@@ -565,10 +581,26 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
     import uvicorn
     from sse_starlette.sse import AppStatus
 
-    from danube_mcp.transports.bind import bind_listeners
+    from danube_mcp.transports.bind import ListeningSocket, bind_listeners
+    from danube_mcp.transports.limits import (
+        ConnectionGuard,
+        RepeatFilter,
+        connection_room,
+        describe_cap,
+        raise_open_files_limit,
+    )
 
     if listeners is None:  # BindError (one line) before anything starts
         listeners = bind_listeners(options.host, options.port)
+    cap, cap_note = describe_cap(options.max_connections, connection_room(raise_open_files_limit()))
+    if cap_note:
+        logger.warning("%s", cap_note)
+    guard = ConnectionGuard(max_connections=cap, read_timeout=options.read_timeout)
+    # uvicorn warns once per malformed request ("Invalid HTTP request received."), as fast as a
+    # client can send them: each distinct line at most every 10 s, with a count.
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RepeatFilter) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(RepeatFilter())
     app = create_app(run.settings, options, backend=backend)
     # sse-starlette would end every open SSE response (and with it the answers of calls in
     # flight) on the first signal; the drain below decides when streams close instead.
@@ -602,6 +634,8 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
         app,
         host=options.host,
         port=options.port,
+        # h11 with the connection cap and the read deadline (transports/limits.py).
+        http=guard.protocol_class(),
         log_config=None,
         access_log=False,
         lifespan="on",
@@ -609,6 +643,11 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
         server_header=False,
     )
     server = Server(config)
+    # The cap is checked where connections are accepted, before asyncio takes them on.
+    guard.connections = server.server_state.connections
+    for sock in listeners:
+        if isinstance(sock, ListeningSocket):
+            sock.gate = guard.gate
 
     # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler turns
     # that into a normal return, so a graceful stop exits 0 rather than dying by signal.
@@ -617,6 +656,7 @@ def serve_http(run: Any, options: HttpOptions, backend: Backend, listeners: list
 
     async def main() -> None:
         server.loop = asyncio.get_running_loop()
+        server.loop.set_exception_handler(guard.exception_handler)
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, listeners)
             while not server.started:

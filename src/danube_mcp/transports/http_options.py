@@ -15,6 +15,13 @@ from danube_mcp.config import ConfigError, Settings, is_loopback_host, is_placeh
 MIN_TOKEN_LENGTH: Final = 16
 DEFAULT_PORT: Final = 8000
 LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "[::1]")
+# Twice the session cap: every session's stream plus a request in flight for each. Lowered at
+# start-up, quietly, to what the open-files limit leaves room for (see transports/limits.py).
+DEFAULT_MAX_CONNECTIONS: Final = 2000
+MAX_CONNECTIONS_RANGE: Final = (1, 1_000_000)
+# Seconds a client has to send a whole request (headers and a body of at most 64 KiB).
+DEFAULT_READ_TIMEOUT: Final = 10.0
+READ_TIMEOUT_RANGE: Final = (0.1, 3600.0)
 
 
 def _split_env_list(name: str) -> list[str]:
@@ -33,6 +40,33 @@ def _env_int(name: str, default: int, low: int, high: int) -> int:
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise ConfigError(f"{name} must be a whole number between {low} and {high}")
     return int(raw)
+
+
+def _pick_int(flag: int | None, name: str, low: int, high: int) -> int | None:
+    """A flag's value (already checked by the parser) or the environment's, or None if neither."""
+    if flag is not None:
+        return flag
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ConfigError(f"{name} must be a whole number between {low} and {high}")
+    return int(raw)
+
+
+def _pick_seconds(flag: float | None, name: str, default: float, low: float, high: float) -> float:
+    if flag is not None:
+        return flag
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw) if raw.isascii() else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan and inf
+        raise ConfigError(f"{name} must be a number of seconds between {low:g} and {high:g}")
+    return value
 
 
 def _read_token(path: str | None) -> str | None:
@@ -77,6 +111,10 @@ class HttpOptions:
     session_idle_seconds: float = 600.0
     # Bound to a non-loopback address (or an address not known, under an external ASGI server).
     public_bind: bool = False
+    # Connection limits of the server danube-mcp runs (transports/limits.py). None: the default,
+    # lowered quietly to what the open-files limit allows.
+    max_connections: int | None = None
+    read_timeout: float = DEFAULT_READ_TIMEOUT
 
     @classmethod
     def resolve(
@@ -134,6 +172,15 @@ class HttpOptions:
             max_sessions_per_caller=_env_int("DANUBE_MCP_MAX_SESSIONS_PER_CALLER", 100, 1, 100_000),
             session_idle_seconds=60.0 * _env_int("DANUBE_MCP_SESSION_IDLE_MINUTES", 10, 1, 24 * 60),
             public_bind=not (bind_known and is_loopback_host(host)),
+            max_connections=_pick_int(
+                getattr(a, "max_connections", None), "DANUBE_MCP_MAX_CONNECTIONS", *MAX_CONNECTIONS_RANGE
+            ),
+            read_timeout=_pick_seconds(
+                getattr(a, "read_timeout", None),
+                "DANUBE_MCP_READ_TIMEOUT",
+                DEFAULT_READ_TIMEOUT,
+                *READ_TIMEOUT_RANGE,
+            ),
         )
         opts.check_exposure(server_key=settings.api_key is not None or sandbox, bind_known=bind_known)
         return opts

@@ -25,9 +25,12 @@ class SessionLimits:
         # session id -> (owner identity, last request time)
         self._sessions: dict[str, tuple[str, float]] = {}
         self._sse: Counter[str] = Counter()
+        # Admitted openings whose answer (and session id) has not come back yet: counted, so that
+        # concurrent initialize requests cannot all pass the same free slot.
+        self._pending: Counter[str] = Counter()
 
     def __len__(self) -> int:
-        return len(self._sessions) + sum(self._sse.values())
+        return len(self._sessions) + sum(self._sse.values()) + sum(self._pending.values())
 
     def _prune(self, now: float) -> None:
         # Twice the SDK's idle timeout: its clock starts when a request ends, ours when one starts.
@@ -36,10 +39,17 @@ class SessionLimits:
         for sid in stale:
             del self._sessions[sid]
 
-    def admit(self, identity: str) -> tuple[int, str] | None:
-        """None if ``identity`` may open one more session; else (HTTP status, message)."""
+    def admit(self, identity: str, *, reserve: bool = False) -> tuple[int, str] | None:
+        """None if ``identity`` may open one more session; else (HTTP status, message).
+
+        With ``reserve``, an admitted opening holds its slot until :meth:`release` (call it once
+        the answer is sent, whatever it was; a session it opened is counted by then)."""
         self._prune(time.monotonic())
-        mine = self._sse[identity] + sum(1 for owner, _ in self._sessions.values() if owner == identity)
+        mine = (
+            self._sse[identity]
+            + self._pending[identity]
+            + sum(1 for owner, _ in self._sessions.values() if owner == identity)
+        )
         if mine >= self.per_caller:
             return 429, (
                 f"Too many open sessions for this caller (limit {self.per_caller}): close unused "
@@ -47,7 +57,14 @@ class SessionLimits:
             )
         if len(self) >= self.total:
             return 503, "Too many open sessions on this server; retry later"
+        if reserve:
+            self._pending[identity] += 1
         return None
+
+    def release(self, identity: str) -> None:
+        self._pending[identity] -= 1
+        if self._pending[identity] <= 0:
+            del self._pending[identity]
 
     def opened(self, session_id: str, identity: str) -> None:
         self._sessions[session_id] = (identity, time.monotonic())

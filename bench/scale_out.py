@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from _common import (
     SRC,
     Json,
     RawHttpConn,
+    cpu_seconds,
     loadavg,
     machine_busy_seconds,
     median,
@@ -145,7 +147,24 @@ def start_workers(workers: int, env: dict[str, str]) -> tuple[subprocess.Popen[b
     return proc, port
 
 
-async def load(port: int, concurrency: int, duration: float, warmup: float) -> Json:
+def tree_pids(pid: int) -> list[int]:
+    """The uvicorn supervisor and its worker processes."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *(int(x) for x in f.read().split())]
+    except OSError:
+        return [pid]
+
+
+def tree_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+async def load(port: int, concurrency: int, duration: float, warmup: float, pids: list[int]) -> Json:
     lat: list[float] = []
     errors = 0
     counting = False
@@ -173,9 +192,11 @@ async def load(port: int, concurrency: int, duration: float, warmup: float) -> J
     await asyncio.sleep(warmup)
     counting = True
     t0 = time.perf_counter()
+    server0, client0 = tree_cpu(pids), own_cpu_seconds()
     await asyncio.sleep(duration)
     counting = False
     elapsed = time.perf_counter() - t0
+    server_cpu, client_cpu = tree_cpu(pids) - server0, own_cpu_seconds() - client0
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -186,6 +207,9 @@ async def load(port: int, concurrency: int, duration: float, warmup: float) -> J
         "p50_ms": pct(lat, 50) * 1000,
         "p99_ms": pct(lat, 99) * 1000,
         "errors": errors,
+        "server_cpu_ms_per_call": 1000 * server_cpu / max(1, len(lat)),
+        "server_cpu_share": server_cpu / elapsed,  # in cores
+        "client_cpu_share": client_cpu / elapsed,  # the load generator, in cores
     }
 
 
@@ -197,7 +221,9 @@ def bench_workers(args: argparse.Namespace, up_url: str) -> Json:
         for workers in (1, 2) if r % 2 == 0 else (2, 1):
             proc, port = start_workers(workers, env)
             try:
-                rounds[workers].append(asyncio.run(load(port, args.concurrency, args.duration, args.warmup)))
+                pids = tree_pids(proc.pid)
+                result = asyncio.run(load(port, args.concurrency, args.duration, args.warmup, pids))
+                rounds[workers].append(result)
             finally:
                 proc.terminate()
                 proc.wait(20)
@@ -388,7 +414,10 @@ def print_report(out: dict[str, Any]) -> None:
             print(
                 f"  {label}: {median([x['calls_per_s'] for x in runs]):7.0f} calls/s  "
                 f"p50 {median([x['p50_ms'] for x in runs]):6.1f} ms  p99 {median([x['p99_ms'] for x in runs]):6.1f} ms  "
-                f"errors {sum(x['errors'] for x in runs)}"
+                f"errors {sum(x['errors'] for x in runs)}\n"
+                f"             server CPU {median([x['server_cpu_ms_per_call'] for x in runs]):.2f} ms/call, "
+                f"busy {median([x['server_cpu_share'] for x in runs]):.2f} cores; "
+                f"load generator {median([x['client_cpu_share'] for x in runs]):.2f} cores"
             )
         print(f"  2 workers / 1 worker: {w['ratio_2_over_1']:.2f}x (median of per-round ratios)")
     if "secure_input" in out:

@@ -188,15 +188,22 @@ async def load(port: int, concurrency: int, duration: float, warmup: float, pids
                 else:
                     errors += 1
 
+    # Connections arrive one by one, as clients do, so the kernel can hand them to either worker
+    # (opened all at once, one worker tends to accept them all).
+    for i, conn in enumerate(conns):
+        await call(conn, 10_000_000 + i)
+        await asyncio.sleep(0.02)
     tasks = [asyncio.create_task(worker(c, i)) for i, c in enumerate(conns)]
     await asyncio.sleep(warmup)
     counting = True
     t0 = time.perf_counter()
     server0, client0 = tree_cpu(pids), own_cpu_seconds()
+    per_pid0 = [tree_cpu([p]) for p in pids]
     await asyncio.sleep(duration)
     counting = False
     elapsed = time.perf_counter() - t0
     server_cpu, client_cpu = tree_cpu(pids) - server0, own_cpu_seconds() - client0
+    per_pid = sorted((tree_cpu([p]) - c for p, c in zip(pids, per_pid0, strict=True)), reverse=True)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -210,6 +217,8 @@ async def load(port: int, concurrency: int, duration: float, warmup: float, pids
         "server_cpu_ms_per_call": 1000 * server_cpu / max(1, len(lat)),
         "server_cpu_share": server_cpu / elapsed,  # in cores
         "client_cpu_share": client_cpu / elapsed,  # the load generator, in cores
+        # the busiest process's share of the server CPU: 1.0 means one worker did all the work
+        "busiest_process_share": per_pid[0] / server_cpu if server_cpu else float("nan"),
     }
 
 
@@ -417,7 +426,8 @@ def print_report(out: dict[str, Any]) -> None:
                 f"errors {sum(x['errors'] for x in runs)}\n"
                 f"             server CPU {median([x['server_cpu_ms_per_call'] for x in runs]):.2f} ms/call, "
                 f"busy {median([x['server_cpu_share'] for x in runs]):.2f} cores; "
-                f"load generator {median([x['client_cpu_share'] for x in runs]):.2f} cores"
+                f"load generator {median([x['client_cpu_share'] for x in runs]):.2f} cores; "
+                f"busiest worker did {median([x['busiest_process_share'] for x in runs]):.0%}"
             )
         print(f"  2 workers / 1 worker: {w['ratio_2_over_1']:.2f}x (median of per-round ratios)")
     if "secure_input" in out:

@@ -1,8 +1,9 @@
 """A throw-away ``redis-server`` on 127.0.0.1 for the shared-state tests (a helper, not a test).
 
-Started with a random free port, no persistence (``--save '' --appendonly no``) and a private
-folder; it can be killed and restarted on the same port to test recovery. Without the binary the
-tests skip locally (``bash .ci/setup-redis --install`` installs it); under CI they fail instead.
+Started with a random free port, no persistence (``--save '' --appendonly no``; the append-only
+file on request, to prove nothing readable is ever written) and a private folder. It can be
+killed and restarted on the same port to test recovery. Without the binary the tests skip locally
+(``bash .ci/setup-redis --install`` installs it); under CI they fail instead.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, appendonly: bool = False) -> None:
         self.binary = redis_binary()
         self.folder = folder
+        self.appendonly = appendonly
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -55,7 +57,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.folder),
                 "--rdbcompression",
@@ -95,8 +99,8 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(folder: Path) -> Iterator[RedisServer]:
-    server = RedisServer(folder)
+def redis_server(folder: Path, *, appendonly: bool = False) -> Iterator[RedisServer]:
+    server = RedisServer(folder, appendonly=appendonly)
     server.start()
     try:
         yield server

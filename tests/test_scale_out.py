@@ -600,6 +600,32 @@ async def test_redis_lost_mid_flight_gives_clean_errors_and_recovers_without_res
     assert VALUE not in stderr and TOKEN not in stderr and API_KEY not in stderr
 
 
+async def test_nothing_readable_ever_reaches_redis_persistence(
+    tmp_path: Path, up: FakeUpstream, key_file: Path
+) -> None:
+    """With the append-only file on, every write Redis ever took is on disk, transient ones
+    included (the value between the page POST and the call that takes it): none is readable."""
+    folder = tmp_path / "redis-aof"
+    folder.mkdir()
+    with redis_server(folder, appendonly=True) as aof:
+        with cluster(2, server_env(up, aof, key_file)) as (_replicas, proxy):
+            async with sdk_client(proxy) as client:
+                first = await client.call_tool("store_credential", ARGS)
+                assert first.structured_content is not None
+                url = first.structured_content["input_url"]
+                assert (await post_page(url)).status_code == 200
+                done = await client.call_tool("store_credential", ARGS)
+                assert done.structured_content is not None and done.structured_content["success"] is True
+        saver = redis.Redis.from_url(aof.url)
+        saver.save()
+        saver.close()
+        files = [p for p in folder.rglob("*") if p.is_file() and p.suffix != ".log"]
+        written = b"".join(p.read_bytes() for p in files)
+    assert any("appendonly" in p.name for p in files) and b"danube-mcp:v:" in written  # the value was there
+    assert_absent(written, VALUE, API_KEY, TOKEN, url.rsplit("/", 1)[1])
+    assert stored_values(up) == [(VALUE, API_KEY)]
+
+
 def start_failure(env: dict[str, str], args: tuple[str, ...] = SERVER_ARGS) -> tuple[int, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "danube_mcp", "--port", "0", *args],

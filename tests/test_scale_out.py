@@ -531,7 +531,21 @@ async def raw_call(proxy: RoutingProxy, **params: Any) -> dict[str, Any]:
 
 
 @pytest.mark.load
-async def test_request_state_is_accepted_by_any_replica_and_used_once(
+async def wait_for_status(url: str, status: str, timeout: float = 20.0) -> None:
+    """Wait (with a deadline) until some entry in Redis has ``status``."""
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(client.hget(k, "st") == status.encode() for k in client.scan_iter("danube-mcp:e:*")):
+                return
+            await anyio.sleep(0.02)
+        raise TimeoutError(f"no entry reached {status!r}")
+    finally:
+        client.close()
+
+
+async def test_request_state_completes_on_another_replica_after_the_issuer_is_killed_and_only_once(
     rds: RedisServer, up: FakeUpstream, key_file: Path
 ) -> None:
     with cluster(3, server_env(up, rds, key_file)) as (replicas, proxy):
@@ -547,7 +561,10 @@ async def test_request_state_is_accepted_by_any_replica_and_used_once(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(enter)
-            stored = await raw_call(proxy, **retry)  # on 2: waits for the value, then stores it
+            await wait_for_status(rds.url, "submitted")
+            replicas[0].proc.kill()  # kill -9 the process that issued the link and requestState
+            replicas[0].proc.wait(10)
+            stored = await raw_call(proxy, **retry)  # on 2: takes the value and stores it
         replay = await raw_call(proxy, **retry)  # on 1: the same requestState again
         stderr = all_stderr(replicas)
     assert VALUE not in stderr and API_KEY not in stderr and state not in stderr

@@ -695,6 +695,42 @@ def test_redis_without_a_usable_key_refuses_to_start(
     assert SECRET not in err
 
 
+def test_the_flags_work_like_the_variables(tmp_path: Path, key_file: Path, up: FakeUpstream) -> None:
+    env = child_env(DANUBE_API_KEY=API_KEY, DANUBE_API_URL=up.url)
+    code, err = start_failure(env, (*SERVER_ARGS, "--state-url", "redis://127.0.0.1:1/0"))
+    assert code == 2 and err.count("\n") == 1 and "refusing to use --state-url without a shared key" in err
+    flags = ("--state-url", f"redis://127.0.0.1:{free_port()}/0", "--state-key-file", str(key_file))
+    code, err = start_failure(env, (*SERVER_ARGS, *flags))
+    assert code == 2 and err.count("\n") == 1 and "cannot reach the shared state store" in err, err
+
+
+def test_the_asgi_factory_refuses_an_unreachable_redis_with_one_line(
+    up: FakeUpstream, key_file: Path
+) -> None:
+    env = child_env(
+        DANUBE_API_KEY=API_KEY,
+        DANUBE_API_URL=up.url,
+        DANUBE_MCP_AUTH_TOKEN=TOKEN,
+        DANUBE_MCP_TRANSPORT="streamable-http",
+        DANUBE_MCP_STATE_URL=f"redis://127.0.0.1:{free_port()}/0",
+        DANUBE_MCP_STATE_KEY_FILE=str(key_file),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "danube_mcp.http:create_app", "--port", "0"],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        proc.stderr.startswith("danube-mcp: cannot reach the shared state store")
+        and proc.stderr.count("\n") == 1
+    )
+
+
 def test_state_settings_are_validated_without_echoing_secrets(tmp_path: Path, key_file: Path) -> None:
     assert resolve_shared_state(env={}) is None  # the embedded default: nothing changes
     with pytest.raises(Exception, match="is set but DANUBE_MCP_STATE_URL"):

@@ -31,7 +31,13 @@ from mcp.client.streamable_http import streamable_http_client
 
 from danube_mcp.secure_input.redis_store import RedisStore
 from danube_mcp.secure_input.shared import SharedState, derive_keys, resolve_shared_state
-from danube_mcp.secure_input.store import Entry, StoreUnavailable, TooManyPending
+from danube_mcp.secure_input.store import (
+    LINK_SUBMIT_GRACE,
+    Entry,
+    MemoryStore,
+    StoreUnavailable,
+    TooManyPending,
+)
 from lb_proxy import RoutingProxy
 from procs import LISTENING, MODERN, REPO, Captured, child_env, modern_meta, wait_for_line
 from redis_proc import RedisServer, free_port, redis_server
@@ -181,6 +187,70 @@ async def test_waits_see_what_another_process_did(rds: RedisServer) -> None:
             done = await a.wait_finished("w1", 10.0)
         assert done is not None and done.ok is False and done.outcome == "cancelled"
         assert await a.take_value("w1") is None  # discarding dropped the value
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """The same contract on both stores: for Redis two clients (two processes, as far as Redis can
+    tell), for memory one store seen twice."""
+    if request.param == "memory":
+        store = MemoryStore()
+        yield store, store
+        return
+    folder = tmp_path / "redis-contract"
+    folder.mkdir()
+    with redis_server(folder) as server:
+        yield RedisStore(server.url, value_key=VALUE_KEY), RedisStore(server.url, value_key=VALUE_KEY)
+
+
+async def test_store_contract_discard_leaves_a_taken_value_to_the_call_that_took_it(
+    two_stores: tuple[Any, Any],
+) -> None:
+    a, b = two_stores
+    try:
+        await a.put(entry("d1"), "token-d1-abcdefghijklmnopqrstuvwxyz")
+        assert await b.submit("d1", VALUE)
+        assert await a.take_value("d1") == VALUE
+        await b.discard("d1", "cancelled elsewhere")  # another call's clean-up: not ours to close
+        taken = await a.get("d1")
+        assert taken is not None and taken.status == "taken"
+        await a.finish("d1", True, "The credential was stored.")
+        await b.discard("d1", "too late")  # a finished entry keeps its outcome
+        done = await b.get("d1")
+        assert done is not None and done.status == "finished" and done.ok and done.outcome.endswith("stored.")
+        await a.put(entry("d2"), "token-d2-abcdefghijklmnopqrstuvwxyz")
+        await b.discard("d2", "declined")  # an open entry is closed by discard
+        closed = await a.get("d2")
+        assert closed is not None and closed.status == "finished" and closed.outcome == "declined"
+        assert await a.submit("d2", VALUE) is False
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_store_contract_a_link_value_typed_in_time_gets_the_grace(two_stores: tuple[Any, Any]) -> None:
+    a, b = two_stores
+    try:
+        await a.put(entry("g1", ttl=30, flow="link"), "token-g1-abcdefghijklmnopqrstuvwxyz")
+        await a.put(entry("g2", ttl=30, flow="mrtr"), "token-g2-abcdefghijklmnopqrstuvwxyz")
+        before = time.time()
+        assert await b.submit("g1", VALUE) and await b.submit("g2", VALUE)
+        link, mrtr = await a.get("g1"), await a.get("g2")
+        assert link is not None and link.status == "submitted"
+        assert link.expires_at >= before + LINK_SUBMIT_GRACE - 1  # moved out to the grace
+        assert mrtr is not None and mrtr.expires_at <= before + 31  # other flows keep their expiry
+        if isinstance(a, RedisStore):  # the sealed value, the entry and its token key move with it
+            client = redis.Redis.from_url(a._url)
+            try:
+                assert client.pttl("danube-mcp:v:g1") > 60_000 >= client.pttl("danube-mcp:v:g2")
+                assert client.pttl("danube-mcp:e:g1") > (LINK_SUBMIT_GRACE + 60) * 1000
+                assert keys_without_ttl(a._url) == []
+            finally:
+                client.close()
+        assert await a.take_value("g1") == VALUE
     finally:
         await a.aclose()
         await b.aclose()

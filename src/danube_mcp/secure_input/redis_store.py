@@ -2,9 +2,10 @@
 
 What Redis holds, per pending entry (every key under ``danube-mcp:``, every key with a TTL):
 
-* ``e:<entry id>``: a hash with the status (``st``), the expiry (``x``, ms), the hashes of the link
-  token and of the caller, and the entry's details (``m``) and outcome (``o``) encrypted;
-  it lives until the entry expires, or ``FINISHED_GRACE`` seconds after it is finished;
+* ``e:<entry id>``: a hash with the status (``st``), the expiry (``x``, ms), the flow (``f``), the
+  hashes of the link token and of the caller, and the entry's details (``m``) and outcome (``o``)
+  encrypted; it lives until the entry expires, or ``FINISHED_GRACE`` seconds after it is finished
+  (a link-flow value typed in time moves the expiry to at least ``LINK_SUBMIT_GRACE`` from then);
 * ``v:<entry id>``: the typed value, AES-GCM encrypted and bound to its entry id; removed by the
   one ``take_value`` that gets it (GETDEL inside a script), by ``finish``, or at the entry's TTL;
 * ``t:<sha256 of the link token>``: the entry id; never the token that opens the page;
@@ -38,7 +39,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from danube_mcp.secure_input.shared import safe_reason
 from danube_mcp.secure_input.store import (
+    EXPIRED,
     FINISHED_GRACE,
+    LINK_SUBMIT_GRACE,
     MAX_PENDING_PER_CALLER,
     MAX_PENDING_TOTAL,
     Entry,
@@ -50,13 +53,13 @@ from danube_mcp.secure_input.store import (
 logger = logging.getLogger("danube_mcp.secure_input.redis")
 
 PREFIX: Final = "danube-mcp:"
-EXPIRED: Final = "This link expired. Nothing was stored."
 POLL_FIRST: Final = 0.02
 POLL_MAX: Final = 0.25
 _AAD: Final = b"danube-mcp/shared-state/v1\x00"
 
 # KEYS: entry, token, open, open:caller.
-# ARGV: now ms, expires ms, gone ms, max total, max per caller, entry id, token ref, caller ref, meta.
+# ARGV: now ms, expires ms, gone ms, max total, max per caller, entry id, token ref, caller ref, meta,
+# flow.
 _PUT: Final = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -64,7 +67,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then return -1 end
 if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[5]) then return -2 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return -3 end
-redis.call('HSET', KEYS[1], 'st', 'open', 'x', ARGV[2], 'tok', ARGV[7], 'c', ARGV[8], 'm', ARGV[9])
+redis.call('HSET', KEYS[1], 'st', 'open', 'x', ARGV[2], 'f', ARGV[10])
+redis.call('HSET', KEYS[1], 'tok', ARGV[7], 'c', ARGV[8], 'm', ARGV[9])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[6], 'PXAT', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[6])
@@ -77,12 +81,28 @@ end
 return 1
 """
 
-# KEYS: entry, value. ARGV: now ms, sealed value.
+# KEYS: entry, value. ARGV: now ms, sealed value, link grace ms, finished grace ms, prefix, entry id.
+# A link-flow value typed in time waits at least the link grace for the model's next call (as in
+# MemoryStore): the entry, its token, the value and its place among the open entries move with it.
 _SUBMIT: Final = """
-local f = redis.call('HMGET', KEYS[1], 'st', 'x')
-if f[1] ~= 'open' or tonumber(f[2]) <= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'st', 'submitted')
-redis.call('SET', KEYS[2], ARGV[2], 'PXAT', f[2])
+local f = redis.call('HMGET', KEYS[1], 'st', 'x', 'f', 'tok', 'c')
+local now = tonumber(ARGV[1])
+if f[1] ~= 'open' or tonumber(f[2]) <= now then return 0 end
+local x = tonumber(f[2])
+if f[3] == 'link' and now + tonumber(ARGV[3]) > x then x = now + tonumber(ARGV[3]) end
+local xs = string.format('%d', x)
+local gone = string.format('%d', x + tonumber(ARGV[4]))
+redis.call('HSET', KEYS[1], 'st', 'submitted', 'x', xs)
+redis.call('SET', KEYS[2], ARGV[2], 'PXAT', xs)
+if xs ~= f[2] then
+  redis.call('PEXPIREAT', KEYS[1], gone)
+  redis.call('PEXPIREAT', ARGV[5] .. 't:' .. f[4], gone)
+  for _, key in ipairs({ARGV[5] .. 'open', ARGV[5] .. 'open:' .. f[5]}) do
+    redis.call('ZADD', key, xs, ARGV[6])
+    local left = redis.call('PTTL', key)
+    if left < 0 or left < tonumber(gone) - now then redis.call('PEXPIREAT', key, gone) end
+  end
+end
 return 1
 """
 
@@ -96,10 +116,12 @@ redis.call('HSET', KEYS[1], 'st', 'taken')
 return v
 """
 
-# KEYS: entry, value, open. ARGV: sealed outcome, grace ms, key prefix, entry id.
+# KEYS: entry, value, open. ARGV: sealed outcome, grace ms, key prefix, entry id, only untaken.
+# With "only untaken" (discard) an entry whose value another call has taken is left to that call.
 _FINISH: Final = """
 local f = redis.call('HMGET', KEYS[1], 'st', 'tok', 'c')
 if not f[1] or f[1] == 'finished' then return 0 end
+if ARGV[5] == '1' and f[1] ~= 'open' and f[1] ~= 'submitted' then return 0 end
 redis.call('HSET', KEYS[1], 'st', 'finished', 'o', ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -265,6 +287,7 @@ class RedisStore:
                     ref,
                     caller_ref,
                     self._seal(b"meta", entry.entry_id, meta),
+                    entry.flow,
                 ],
             )
         if answer == -1:
@@ -292,6 +315,10 @@ class RedisStore:
                 args=[
                     _ms(time.time()),
                     sealed,
+                    _ms(LINK_SUBMIT_GRACE),
+                    _ms(FINISHED_GRACE),
+                    self._prefix,
+                    entry_id,
                 ],
             )
         return bool(answer == 1)
@@ -336,11 +363,14 @@ class RedisStore:
         return None if value is None else value.decode()
 
     async def finish(self, entry_id: str, ok: bool, outcome: str) -> None:
+        await self._close(entry_id, ok, outcome, only_untaken=False)
+
+    async def _close(self, entry_id: str, ok: bool, outcome: str, *, only_untaken: bool) -> None:
         sealed = self._seal(b"outcome", entry_id, json.dumps([ok, outcome]).encode())
         with self._failing("record the outcome"):
             await self._finish(
                 keys=[self._key("e", entry_id), self._key("v", entry_id), self._prefix + "open"],
-                args=[sealed, _ms(FINISHED_GRACE), self._prefix, entry_id],
+                args=[sealed, _ms(FINISHED_GRACE), self._prefix, entry_id, "1" if only_untaken else "0"],
             )
 
     async def wait_finished(self, entry_id: str, seconds: float) -> Entry | None:
@@ -359,7 +389,7 @@ class RedisStore:
         return entry if entry is not None and entry.status == "finished" else None
 
     async def discard(self, entry_id: str, outcome: str) -> None:
-        await self.finish(entry_id, False, outcome)
+        await self._close(entry_id, False, outcome, only_untaken=True)
 
     async def claim(self, mark: str, ttl: float) -> bool:
         with self._failing("record a single-use mark"):

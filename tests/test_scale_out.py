@@ -444,13 +444,13 @@ def no_reuse_client(**kw: Any) -> httpx2.AsyncClient:
 
 
 @asynccontextmanager
-async def sdk_client(proxy: RoutingProxy, callback: Any = None) -> AsyncIterator[Client]:
+async def sdk_client(proxy: RoutingProxy, callback: Any = None, mode: str = MODERN) -> AsyncIterator[Client]:
     kw: dict[str, Any] = {}
     if callback is not None:
         kw["elicitation_callback"] = callback
     async with no_reuse_client(headers={"authorization": f"Bearer {TOKEN}"}) as http:
         transport = streamable_http_client(f"{proxy.url}/mcp", http_client=http)
-        async with Client(transport, mode=MODERN, **kw) as client:
+        async with Client(transport, mode=mode, **kw) as client:
             yield client
 
 
@@ -511,6 +511,33 @@ async def test_2026_secure_input_with_every_step_on_another_process(
     assert_absent(blob, VALUE, API_KEY, TOKEN, token)
     for secret in (VALUE, API_KEY, TOKEN, token):
         assert secret not in stderr
+
+
+async def test_a_legacy_session_needs_affinity_only_for_itself_not_for_its_pages(
+    rds: RedisServer, up: FakeUpstream, key_file: Path
+) -> None:
+    """Initialize era: the session's requests stay on one process (as a load balancer with
+    affinity by Mcp-Session-Id does), while the page it sends the user to is served elsewhere."""
+    posts: list[httpx2.Response] = []
+    with cluster(2, server_env(up, rds, key_file)) as (_replicas, proxy):
+        proxy.plan = {"call": [0], "mcp": [0], "page-get": [1], "page-post": [1]}
+        async with anyio.create_task_group() as tg:
+
+            async def accept(ctx: ClientRequestContext, params: Any) -> types.ElicitResult:
+                assert isinstance(params, types.ElicitRequestURLParams)
+
+                async def later() -> None:
+                    posts.append(await post_page(params.url))
+
+                tg.start_soon(later)
+                return types.ElicitResult(action="accept")
+
+            async with sdk_client(proxy, accept, mode="legacy") as client:
+                result = await client.call_tool("store_credential", ARGS)
+    assert result.is_error is False, result
+    assert posts[0].status_code == 200 and "Stored" in posts[0].text
+    assert set(proxy.kinds("mcp") + proxy.kinds("call")) == {0} and proxy.kinds("page-post") == [1]
+    assert stored_values(up) == [(VALUE, API_KEY)]
 
 
 @pytest.mark.load

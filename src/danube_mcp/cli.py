@@ -217,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             try:
                 http_opts = HttpOptions.resolve(args, transport, opts.settings, sandbox=opts.sandbox)
+                if http_opts.shared_state is not None:
+                    http_opts.shared_state.check_reachable()
             except ConfigError as exc:
                 print(f"danube-mcp: {exc}", file=sys.stderr)
                 return 2

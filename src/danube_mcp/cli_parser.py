@@ -257,4 +257,21 @@ def build_parser() -> _Parser:
         help="time a client has to send a whole request, headers and body, before the connection "
         "is closed (default 10); env DANUBE_MCP_READ_TIMEOUT",
     )
+
+    shared = p.add_argument_group("shared state (several processes behind a load balancer)")
+    shared.add_argument(
+        "--state-url",
+        default=None,
+        metavar="URL",
+        help="redis://HOST:PORT/DB or rediss:// (TLS): keep pending secure input in Redis so any "
+        "process can serve any request; put a password in the environment variable, not here; "
+        "env DANUBE_MCP_STATE_URL",
+    )
+    shared.add_argument(
+        "--state-key-file",
+        default=None,
+        metavar="PATH",
+        help="file (mode 0600) with the random secret every process shares (at least 32 "
+        "characters); env DANUBE_MCP_STATE_KEY_FILE, or the secret itself in DANUBE_MCP_STATE_KEY",
+    )
     return p

@@ -270,9 +270,16 @@ class DanubeHttpApp:
             SECRETS.add(options.auth_token)
         # Caller identities are hashed with a per-process salt: a session is bound to the hash of
         # the access token and caller key that opened it, never to the values themselves.
-        self._identity_salt = secrets.token_bytes(32)
+        # With shared state (several processes) the salt, the store and the requestState key are
+        # the same on every replica, so a retry may land on any of them.
+        shared = options.shared_state
+        self._identity_salt = shared.identity_salt if shared is not None else secrets.token_bytes(32)
         self.secure_input = (
-            SecureInputBroker(ttl=options.secure_input_ttl, public_url=options.public_url)
+            SecureInputBroker(
+                ttl=options.secure_input_ttl,
+                public_url=options.public_url,
+                **(shared.broker_parts() if shared is not None else {}),
+            )
             if options.secure_input
             else None
         )
@@ -327,6 +334,8 @@ class DanubeHttpApp:
             else:
                 yield
         finally:
+            if self.secure_input is not None:
+                await self.secure_input.store.aclose()
             await self.backend.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -556,6 +565,12 @@ def create_app(
         except ConfigError as exc:
             print(f"danube-mcp: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        if options.shared_state is not None:
+            try:
+                options.shared_state.check_reachable()
+            except ConfigError as exc:
+                print(f"danube-mcp: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
     if backend is None:
         backend = open_backend(
             settings,

@@ -8,9 +8,12 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from danube_mcp.config import ConfigError, Settings, is_loopback_host, is_placeholder, parse_bool
+
+if TYPE_CHECKING:
+    from danube_mcp.secure_input.shared import SharedState
 
 MIN_TOKEN_LENGTH: Final = 16
 DEFAULT_PORT: Final = 8000
@@ -115,6 +118,8 @@ class HttpOptions:
     # lowered quietly to what the open-files limit allows.
     max_connections: int | None = None
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    # Several processes: pending secure input in Redis, keys shared (None: this process only).
+    shared_state: SharedState | None = field(default=None, repr=False)
 
     @classmethod
     def resolve(
@@ -130,6 +135,8 @@ class HttpOptions:
 
         def pick(flag: Any, env: str) -> Any:
             return flag if flag is not None else os.environ.get(env)
+
+        from danube_mcp.secure_input.shared import resolve_shared_state
 
         a = args or argparse.Namespace()
         host = (pick(getattr(a, "host", None), "DANUBE_MCP_HOST") or "127.0.0.1").strip()
@@ -180,6 +187,9 @@ class HttpOptions:
                 "DANUBE_MCP_READ_TIMEOUT",
                 DEFAULT_READ_TIMEOUT,
                 *READ_TIMEOUT_RANGE,
+            ),
+            shared_state=resolve_shared_state(
+                getattr(a, "state_url", None), getattr(a, "state_key_file", None)
             ),
         )
         opts.check_exposure(server_key=settings.api_key is not None or sandbox, bind_known=bind_known)

@@ -5,7 +5,7 @@
 # Build from a checkout. The image installs from a wheelhouse made beforehand, so the image build
 # itself needs no network, no compiler and no index credentials:
 #
-#   python3.11 -m pip wheel --wheel-dir dist/wheelhouse .
+#   python3.11 -m pip wheel --wheel-dir dist/wheelhouse '.[redis]'
 #   docker build -t danube-mcp:0.1.0 .          # or: podman build --format docker ...
 #
 # The wheels must match the base image's Python (3.11) and CPU architecture. BASE_IMAGE may be any
@@ -16,7 +16,7 @@ FROM ${BASE_IMAGE} AS build
 COPY dist/wheelhouse/ /tmp/wheelhouse/
 RUN python3 -m venv /opt/danube-mcp \
  && /opt/danube-mcp/bin/python -m pip install --no-index --find-links /tmp/wheelhouse \
-        --no-cache-dir --disable-pip-version-check danube-mcp \
+        --no-cache-dir --disable-pip-version-check 'danube-mcp[redis]' \
  && /opt/danube-mcp/bin/python -m pip uninstall --yes --disable-pip-version-check pip \
  && /opt/danube-mcp/bin/danube-mcp --version
 

@@ -559,7 +559,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     shutil.copy(REPO / ".dockerignore", context / ".dockerignore")
     wheels = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--wheel-dir", str(context / "dist" / "wheelhouse"), str(REPO)],
+         "--wheel-dir", str(context / "dist" / "wheelhouse"), f"{REPO}[redis]"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert wheels.returncode == 0, wheels.stderr[-2000:]

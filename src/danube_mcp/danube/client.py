@@ -12,14 +12,16 @@ import importlib.util
 import json
 import math
 import random
+import select
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import anyio
+import httpcore2
 import httpx2
 
 from danube_mcp import __version__
@@ -205,6 +207,99 @@ def _free_text(text: str | None, secrets: Scrubber, limit: int | None = None) ->
 
 
 # --------------------------------------------------------------------------------------------
+# The connection pool's network layer
+
+
+def _socket_readable(sock: Any) -> bool:
+    """Whether an idle keep-alive socket has something to read (in practice: the server closed it).
+    A socket that is gone counts as readable, i.e. as closed."""
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _PoolStream(httpcore2.AsyncNetworkStream):
+    """httpcore2's anyio stream, with its raw socket looked up once.
+
+    On every request the pool asks each idle connection whether its socket became readable (the
+    server closed it). Through anyio each such question rebuilds a table of a dozen attribute
+    getters; with 32 calls in flight the pool holds ~32 connections and asks twice per request,
+    which cost more CPU than the rest of the upstream exchange (see bench/README.md)."""
+
+    __slots__ = ("_inner", "_sock")
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+        self._inner = inner
+        # A socket.socket, or asyncio's TransportSocket wrapper of one: anything with fileno().
+        sock = inner.get_extra_info("socket")
+        self._sock = sock if callable(getattr(sock, "fileno", None)) else None
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore2.AsyncNetworkStream:
+        return _PoolStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return _socket_readable(self._sock)
+        return self._inner.get_extra_info(info)
+
+
+class _PoolBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore2's anyio backend, handing out :class:`_PoolStream` streams."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        return _PoolStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore2.AsyncNetworkStream:
+        return _PoolStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _PoolTransport(httpx2.AsyncHTTPTransport):
+    """httpx2's transport (request/response types, exception mapping) over an httpcore2 pool built
+    here with :class:`_PoolBackend`. httpx2 offers no way to pass a network backend, and its own
+    constructor would build (and load trust roots for) a pool only to throw it away, so it is not
+    called: ``_pool`` is the one attribute the transport's methods use."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, limits: httpx2.Limits) -> None:  # noqa: D107
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            retries=0,
+            network_backend=_PoolBackend(),
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # The client
 
 
@@ -263,16 +358,15 @@ class DanubeClient:
         if transport is None:
             if self.closed:
                 raise ConnectionFailed("The Danube client has been closed (the server is shutting down).")
-            verify: ssl.SSLContext | bool = True
             if self.base_url.startswith("http://"):
                 # Plain HTTP (loopback only, see config): no trust roots to load. A context with
                 # none fails closed should TLS ever be attempted.
-                verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             elif self._tls is not None:
-                verify = self._tls.context()
-            transport = self._transport = httpx2.AsyncHTTPTransport(
-                verify=verify, limits=self._limits, trust_env=False, retries=0
-            )
+                context = self._tls.context()
+            else:
+                context = httpx2.create_ssl_context(verify=True, trust_env=False)
+            transport = self._transport = _PoolTransport(context, self._limits)
         return transport
 
     async def aclose(self) -> None:

@@ -43,9 +43,10 @@ from danube_mcp.jsonutil import loads_strict
 from danube_mcp.logs import SECRETS
 from danube_mcp.secure_input import PATH_PREFIX as SECURE_INPUT_PREFIX
 from danube_mcp.secure_input import SecureInputBroker
-from danube_mcp.tool.handler import CallerKeyError, build_server
+from danube_mcp.tool.handler import TOOL_NAME, CallerKeyError, build_server
 from danube_mcp.transports.asgi import Message, Receive, Scope, Send, header, read_body
 from danube_mcp.transports.http_options import Allowlist, HttpOptions, env_bool
+from danube_mcp.transports.modern_fast import declares_param_headers, plain_call, serve_plain_call
 from danube_mcp.transports.sessions import SessionLimits
 
 logger = logging.getLogger("danube_mcp.transports.http")
@@ -216,7 +217,15 @@ _VERSION_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tuple[int, int, str] | None:
-    """Cheap checks on a POST body before the SDK parses it: (status, code, message) or None.
+    """Cheap checks on a POST body before the SDK parses it: (status, code, message) or None."""
+    return _parse_body(body, scope, modern_rules=modern_rules)[0]
+
+
+def _parse_body(
+    body: bytes, scope: Scope, *, modern_rules: bool = True
+) -> tuple[tuple[int, int, str] | None, Any]:
+    """Cheap checks on a POST body before the SDK parses it: ((status, code, message) or None,
+    the parsed message or None).
 
     Arrays (batches) are refused before any parsing; the body is parsed once here, with nesting
     bounded; a 2026-07-28 body must name the same revision as its MCP-Protocol-Version header.
@@ -224,16 +233,16 @@ def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tupl
     """
     start = body.lstrip()[:1]
     if not start:
-        return None  # an empty body is left to the SDK to refuse
+        return None, None  # an empty body is left to the SDK to refuse
     if start == b"[":
-        return 400, -32600, "Invalid Request: batches are not supported"
+        return (400, -32600, "Invalid Request: batches are not supported"), None
     try:
         message = loads_strict(body)
     except ValueError:
         # The SDK answers invalid UTF-8 or absurdly deep JSON with a 500 and a traceback.
-        return 400, -32700, "Parse error: the body is not valid JSON"
+        return (400, -32700, "Parse error: the body is not valid JSON"), None
     if not isinstance(message, dict):
-        return 400, -32600, "Invalid Request: the body must be one JSON-RPC object"
+        return (400, -32600, "Invalid Request: the body must be one JSON-RPC object"), None
     params = message.get("params") if isinstance(message, dict) else None
     meta = params.get("_meta") if isinstance(params, dict) else None
     claimed = meta.get(PROTOCOL_VERSION_META) if isinstance(meta, dict) else None
@@ -244,8 +253,8 @@ def _check_body(body: bytes, scope: Scope, *, modern_rules: bool = True) -> tupl
                 400,
                 HEADER_MISMATCH,
                 "MCP-Protocol-Version header is missing or does not match params._meta protocolVersion",
-            )
-    return None
+            ), None
+    return None, message
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +305,15 @@ class DanubeHttpApp:
             # URL elicitation needs a server-to-client request on a live stream.
             elicitation_possible=not (options.stateless or options.json_response),
         )
+        # The tool's input schema, for the SDK's Mcp-Param-* header check on 2026-07-28 calls:
+        # without it the SDK runs the whole tools/list handler on every call to find the schema.
+        schemas = {t.name: t.input_schema for t in self._tools()}
+        self.server.get_tool_input_schema = schemas.get
+        # 2026-07-28 tools/call in JSON-response mode: plain requests take the short road
+        # (transports/modern_fast.py) unless the schema asks for Mcp-Param-* header checks.
+        self._plain_calls_here = options.json_response and not any(
+            declares_param_headers(s) for s in schemas.values()
+        )
         serve_streamable = options.transport in ("streamable-http", "http")
         serve_sse = options.transport in ("sse", "http")
         self.sessions = SessionLimits(
@@ -319,6 +337,12 @@ class DanubeHttpApp:
         self.sse = SseServerTransport(MESSAGES_PATH) if serve_sse else None
         self._init_options = self.server.create_initialization_options()
         self.draining = False  # set on the first shutdown signal: new MCP requests get 503
+
+    def _tools(self) -> list[Any]:
+        """The tools the server lists (its tools/list handler, asked once, outside any request)."""
+        from danube_mcp.tool.handler import build_tool
+
+        return [build_tool(secure_input=self.secure_input is not None)]
 
     def identity(self, scope: Scope) -> str:
         """A salted hash of what identifies the caller: the access token and the caller key."""
@@ -418,11 +442,20 @@ class DanubeHttpApp:
                 return
             # The 2026 header rules belong to /mcp; legacy SSE's /messages/ answers a 2026 probe
             # with -32601 from the initialize-era loop, so dual-era clients fall back.
-            problem = _check_body(body, scope, modern_rules=is_mcp) if path != HEALTH_PATH else None
+            problem, message = _parse_body(body, scope, modern_rules=is_mcp)
             if problem is not None:
                 status, code, text = problem
                 await _send_json(send, status, _jsonrpc_error(code, text))
                 return
+            if is_mcp and self._plain_calls_here:
+                plain = plain_call(scope, message, TOOL_NAME)
+                state = getattr(self.session_manager, "_lifespan_state", None)
+                if plain is not None and state is not None:
+                    version, params = plain
+                    await serve_plain_call(
+                        self.server, state, scope, receive, _sanitising_send(send), message["id"], version, params
+                    )
+                    return
             receive = _replay(body, receive)
             opening = is_mcp and session_id is None and not self.options.stateless and not _is_modern(scope)
         if opening or (path == SSE_PATH and self.sse is not None):

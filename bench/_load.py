@@ -241,7 +241,9 @@ async def open_legacy_session(
     resp = await conn.request(http_request(host, port, path, legacy_headers(sid, extra), note))
     if resp.status not in (200, 202):
         raise RuntimeError(f"notifications/initialized answered {resp.status}")
-    return Client(host, port, http_request(host, port, path, legacy_headers(sid, extra), legacy_call_body()), conn=conn)
+    return Client(
+        host, port, http_request(host, port, path, legacy_headers(sid, extra), legacy_call_body()), conn=conn
+    )
 
 
 async def close_legacy_session(client: Client, path: str, extra: Sequence[tuple[str, str]] = ()) -> None:

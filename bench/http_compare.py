@@ -43,8 +43,6 @@ from dataclasses import dataclass
 
 from _common import (
     BENCH,
-    CLK_TCK,
-    Child,
     Json,
     ServerCmd,
     cpu_seconds,
@@ -68,7 +66,6 @@ from _common import (
 from _load import (
     Client,
     LoadResult,
-    call_ok,
     close_legacy_session,
     drive,
     drive_count,
@@ -129,7 +126,9 @@ def busy_load(cpus: Sequence[int]) -> Iterator[list[int]]:
     try:
         for cpu in cpus:
             p = subprocess.Popen(
-                [sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+                [sys.executable, "-c", "while True: pass"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
             )
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(p.pid, {cpu})
@@ -162,12 +161,19 @@ class Target:
 
     async def clients(self, n: int, workload: str, extra: Sequence[tuple[str, str]]) -> list[Client]:
         if workload == "floor":
-            cs = [Client(self.host, self.port, upstream_post(self.host, self.port), ok=floor_ok) for _ in range(n)]
+            cs = [
+                Client(self.host, self.port, upstream_post(self.host, self.port), ok=floor_ok)
+                for _ in range(n)
+            ]
         elif workload == "modern":
             req = modern_call(self.host, self.port, self.path, extra)
             cs = [Client(self.host, self.port, req) for _ in range(n)]
         else:
-            return list(await asyncio.gather(*(open_legacy_session(self.host, self.port, self.path, extra) for _ in range(n))))
+            return list(
+                await asyncio.gather(
+                    *(open_legacy_session(self.host, self.port, self.path, extra) for _ in range(n))
+                )
+            )
         await asyncio.gather(*(c.connect() for c in cs))
         return cs
 
@@ -180,9 +186,23 @@ class Target:
 
 
 async def phase(
-    target: Target, workload: str, n: int, duration: float, warmup: int, extra: Sequence[tuple[str, str]]
+    target: Target,
+    workload: str,
+    n: int,
+    duration: float,
+    warmup: int,
+    extra: Sequence[tuple[str, str]],
+    stagger: bool = False,
 ) -> Json:
     clients = await target.clients(n, workload, extra)
+    if stagger:
+        # One connection after another, each used once before the next opens: with a burst of
+        # connects, one uvicorn worker's accept loop takes them all and the other worker idles.
+        for c in clients:
+            c.close()
+            c.conn = None
+        for c in clients:
+            await c.call()
     try:
         for _ in range(warmup):
             await asyncio.gather(*(c.call() for c in clients))
@@ -228,7 +248,9 @@ def side_cmds(args: argparse.Namespace) -> dict[str, ServerCmd]:
 
 
 @contextlib.contextmanager
-def servers(cmds: dict[str, ServerCmd], env: dict[str, str], cpus: set[int] | None) -> Iterator[dict[str, Target]]:
+def servers(
+    cmds: dict[str, ServerCmd], env: dict[str, str], cpus: set[int] | None
+) -> Iterator[dict[str, Target]]:
     with contextlib.ExitStack() as stack:
         out: dict[str, Target] = {}
         for name, cmd in cmds.items():
@@ -290,7 +312,9 @@ def rss_mib(pid: int, reads: int = 5) -> float:
 # --------------------------------------------------------------------------------------------- the run
 
 
-async def throughput(args: argparse.Namespace, targets: dict[str, Target], floor: Target, extra: list[tuple[str, str]]) -> Json:
+async def throughput(
+    args: argparse.Namespace, targets: dict[str, Target], floor: Target, extra: list[tuple[str, str]]
+) -> Json:
     """The interleaved rounds: per round, quiet and loaded blocks; per block every side, both workloads."""
     rows: dict[str, dict[str, dict[str, list[Json]]]] = {
         cond: {wl: defaultdict(list) for wl in ("modern", "legacy", "floor")} for cond in ("quiet", "loaded")
@@ -308,11 +332,15 @@ async def throughput(args: argparse.Namespace, targets: dict[str, Target], floor
             with busy_load(busy_cpus) if cond == "loaded" else contextlib.nullcontext([]):
                 for wl in args.workloads:
                     for side in orders[r]:
-                        await asyncio.to_thread(wait_idle, [targets[s].pid for s in sides if targets[s].pid], 0.15, 5.0)
+                        await asyncio.to_thread(
+                            wait_idle, [targets[s].pid for s in sides if targets[s].pid], 0.15, 5.0
+                        )
                         rows[cond][wl][side].append(
                             await phase(targets[side], wl, args.clients, args.duration, args.warmup, extra)
                         )
-                rows[cond]["floor"]["floor"].append(await phase(floor, "floor", args.clients, args.duration, args.warmup, ()))
+                rows[cond]["floor"]["floor"].append(
+                    await phase(floor, "floor", args.clients, args.duration, args.warmup, ())
+                )
         round_info["loadavg_end"] = loadavg()
         rounds.append(round_info)
         print(
@@ -324,7 +352,9 @@ async def throughput(args: argparse.Namespace, targets: dict[str, Target], floor
     return {"rows": rows, "rounds": rounds}
 
 
-async def latency_at_one(args: argparse.Namespace, targets: dict[str, Target], floor: Target, extra: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
+async def latency_at_one(
+    args: argparse.Namespace, targets: dict[str, Target], floor: Target, extra: list[tuple[str, str]]
+) -> dict[str, dict[str, float]]:
     """p50 with one client, per transport and for the floor, interleaved."""
     out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in range(max(1, args.rounds)):
@@ -345,11 +375,15 @@ async def workers_phase(args: argparse.Namespace, env: dict[str, str]) -> dict[i
         for r in range(args.rounds):
             for n in (1, 2) if r % 2 == 0 else (2, 1):
                 await asyncio.to_thread(wait_idle, [one.pid, two.pid], 0.15, 5.0)
-                out[n].append(await phase(targets[n], "modern", args.clients, args.duration, args.warmup, extra))
+                out[n].append(
+                    await phase(targets[n], "modern", args.clients, args.duration, args.warmup, extra)
+                )
     return out
 
 
-async def memory_phase(args: argparse.Namespace, cmds: dict[str, ServerCmd], env: dict[str, str], cpus: set[int] | None) -> Json:
+async def memory_phase(
+    args: argparse.Namespace, cmds: dict[str, ServerCmd], env: dict[str, str], cpus: set[int] | None
+) -> Json:
     """Fresh ours-json and ll-json: idle RSS after one call, then growth over ``--memory-calls`` calls."""
     pick = {"ours": cmds["ours-json"], "ll": cmds["ll-json"]}
     with servers(pick, env, cpus) as ts:
@@ -383,7 +417,9 @@ def run(args: argparse.Namespace) -> Json:
     cmds = side_cmds(args)
     if args.sides:
         cmds = {k: v for k, v in cmds.items() if k in args.sides or k.split("-")[0] in args.sides}
-    result: Json = {"pinned": {"servers": sorted(server_cpus or []), "client_and_upstream": sorted(client_cpus or [])}}
+    result: Json = {
+        "pinned": {"servers": sorted(server_cpus or []), "client_and_upstream": sorted(client_cpus or [])}
+    }
     own_affinity = os.sched_getaffinity(0)
     try:
         if client_cpus:
@@ -427,7 +463,10 @@ def summarise(result: Json, args: argparse.Namespace) -> dict[str, Json]:
     figures: dict[str, Json] = {}
     tp = result["throughput"]["rows"]
     n = args.clients
-    wl_names = {"modern": f"2026 stateless tools/call, {n} clients", "legacy": f"initialize-era, {n} sessions"}
+    wl_names = {
+        "modern": f"2026 stateless tools/call, {n} clients",
+        "legacy": f"initialize-era, {n} sessions",
+    }
     for mode in MODES:
         for wl, wl_name in wl_names.items():
             for ref in ("ll", "ms"):
@@ -436,7 +475,9 @@ def summarise(result: Json, args: argparse.Namespace) -> dict[str, Json]:
                     continue
                 vs = "" if ref == "ll" else " vs MCPServer"
                 label = f"{wl_name} ({mode}){vs}"
-                figures[f"calls/s, {label}"] = paired_figure(_col(o, "calls_per_s"), _col(r, "calls_per_s"), "1/s")
+                figures[f"calls/s, {label}"] = paired_figure(
+                    _col(o, "calls_per_s"), _col(r, "calls_per_s"), "1/s"
+                )
                 if ref == "ll":
                     figures[f"server CPU/call, {label}"] = paired_figure(
                         _col(o, "cpu_per_call_ms"), _col(r, "cpu_per_call_ms"), "ms"
@@ -501,7 +542,9 @@ def summarise(result: Json, args: argparse.Namespace) -> dict[str, Json]:
         figures[f"HTTP RSS growth over {args.memory_calls} calls"] = figure(
             m["final"]["ours"] - m["warm"]["ours"], m["final"]["ll"] - m["warm"]["ll"], "MiB"
         )
-        figures["HTTP memory run failed calls"] = figure(m["failed"]["ours"], m["failed"]["ll"], "count", float("nan"))
+        figures["HTTP memory run failed calls"] = figure(
+            m["failed"]["ours"], m["failed"]["ll"], "count", float("nan")
+        )
     eb = result.get("stderr_bytes", {})
     calls: dict[str, int] = defaultdict(int)
     for cond in tp.values():
@@ -525,11 +568,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-calls", type=int, default=10_000, help="calls for RSS growth (0: skip)")
     parser.add_argument("--no-load", action="store_true", help="skip the competing-CPU-load blocks")
     parser.add_argument("--skip-workers", action="store_true", help="skip the uvicorn --workers comparison")
-    parser.add_argument("--sides", nargs="+", default=None, help="only these sides (e.g. ours-json ll-json, or ours ll)")
     parser.add_argument(
-        "--workloads", nargs="+", choices=["modern", "legacy"], default=["modern", "legacy"], help="what to measure"
+        "--sides", nargs="+", default=None, help="only these sides (e.g. ours-json ll-json, or ours ll)"
     )
-    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers and client to CPUs")
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=["modern", "legacy"],
+        default=["modern", "legacy"],
+        help="what to measure",
+    )
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not pin servers and client to CPUs"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,11 @@ async def store_credential(
     service_id: str, credential_type: Literal["bearer", "api_key"], credential_value: str
 ) -> dict[str, Any]:
     """Store a credential (bearer token or API key) for a Danube service."""
-    body = {"service_id": service_id, "credential_type": credential_type, "credential_value": credential_value}
+    body = {
+        "service_id": service_id,
+        "credential_type": credential_type,
+        "credential_value": credential_value,
+    }
     resp = await upstream().post("/v1/credentials/store", json=body)
     resp.raise_for_status()
     data: dict[str, Any] = resp.json()

@@ -221,6 +221,7 @@ def _socket_readable(sock: Any) -> bool:
     return bool(poller.poll(0))
 
 
+# The ``timeout`` parameters below are httpcore2's interface (hence the ASYNC109 exemptions).
 class _PoolStream(httpcore2.AsyncNetworkStream):
     """httpcore2's anyio stream, with its raw socket looked up once.
 
@@ -237,17 +238,20 @@ class _PoolStream(httpcore2.AsyncNetworkStream):
         sock = inner.get_extra_info("socket")
         self._sock = sock if callable(getattr(sock, "fileno", None)) else None
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         return await self._inner.read(max_bytes, timeout)
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
     async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> httpcore2.AsyncNetworkStream:
         return _PoolStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
 
@@ -267,14 +271,17 @@ class _PoolBackend(httpcore2.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
         return _PoolStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
 
     async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
         return _PoolStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
 
@@ -288,7 +295,7 @@ class _PoolTransport(httpx2.AsyncHTTPTransport):
     constructor would build (and load trust roots for) a pool only to throw it away, so it is not
     called: ``_pool`` is the one attribute the transport's methods use."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, limits: httpx2.Limits) -> None:  # noqa: D107
+    def __init__(self, ssl_context: ssl.SSLContext, limits: httpx2.Limits) -> None:
         self._pool = httpcore2.AsyncConnectionPool(
             ssl_context=ssl_context,
             max_connections=limits.max_connections,

@@ -453,7 +453,14 @@ class DanubeHttpApp:
                 if plain is not None and state is not None:
                     version, params = plain
                     await serve_plain_call(
-                        self.server, state, scope, receive, _sanitising_send(send), message["id"], version, params
+                        self.server,
+                        state,
+                        scope,
+                        receive,
+                        _sanitising_send(send),
+                        message["id"],
+                        version,
+                        params,
                     )
                     return
             receive = _replay(body, receive)

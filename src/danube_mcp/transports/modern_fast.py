@@ -40,7 +40,15 @@ PLAIN_META_KEYS: Final = frozenset({PROTOCOL_VERSION_META, CLIENT_CAPABILITIES_M
 PLAIN_PARAM_KEYS: Final = frozenset({"name", "arguments", "_meta"})
 REQUEST_KEYS: Final = frozenset({"jsonrpc", "id", "method", "params"})
 # The SDK's table from JSON-RPC error code to HTTP status on this path (mcp.shared.inbound).
-ERROR_STATUS: Final = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400, -32601: 404}
+ERROR_STATUS: Final = {
+    -32700: 400,
+    -32600: 400,
+    -32602: 400,
+    -32020: 400,
+    -32021: 400,
+    -32022: 400,
+    -32601: 404,
+}
 
 
 def _accepts_json(accept: str) -> bool:
@@ -114,7 +122,9 @@ class _Exchange:
     cancel_requested: anyio.Event = field(default_factory=anyio.Event)
     can_send_request: bool = field(default=False, init=False)
 
-    async def send_raw_request(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> dict[str, Any]:
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: Any = None
+    ) -> dict[str, Any]:
         raise NoBackChannelError(method)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:

@@ -8,8 +8,10 @@ import asyncio
 import gzip
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
@@ -229,3 +231,93 @@ async def test_expired_idle_connections_are_replaced() -> None:
             await p.request(HEAD, b"{}", 1024)
         assert len(CONNECTIONS) == 3 and p._open == 0
         await p.aclose()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for ``localhost`` and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+class _Roots:
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+
+    def context(self) -> ssl.SSLContext:
+        return self._context
+
+
+async def test_tls_verified_and_reused(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    body = success()
+    seen: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                n = next(
+                    int(v.split(b":")[1])
+                    for v in head.split(b"\r\n")
+                    if v.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(n)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        client = DanubeClient(
+            base_url=f"https://localhost:{port}", api_key=KEY, max_retries=0, tls=_Roots(trusting)
+        )  # type: ignore[arg-type]
+        async with client:
+            for _ in range(3):
+                assert (await client.store_credential(REQ)).service_name == "Svc"
+        assert len(seen) == 1
+        # A certificate the client does not trust: refused at connect, never sent the key.
+        untrusting = ssl.create_default_context()
+        client = DanubeClient(
+            base_url=f"https://localhost:{port}", api_key=KEY, max_retries=0, tls=_Roots(untrusting)
+        )  # type: ignore[arg-type]
+        async with client:
+            with pytest.raises(ConnectionFailed, match="refused or failed"):
+                await client.store_credential(REQ)
+    finally:
+        server.close()

@@ -239,6 +239,10 @@ def side_cmds(args: argparse.Namespace) -> dict[str, ServerCmd]:
         "ll": parse_cmd(f"python {BENCH / 'reference_server.py'}"),
         "ms": parse_cmd(f"python {BENCH / 'reference_mcpserver.py'}"),
     }
+    if args.baseline_src:
+        # The same server from another source tree (e.g. `git archive <rev> src | tar -x -C DIR`).
+        src = os.path.abspath(os.path.join(args.baseline_src, "src"))
+        base["base"] = ("env", f"PYTHONPATH={src}", *parse_cmd(args.server))
     http = tuple(shlex.split(args.http_args))
     return {
         f"{kind}-{mode}": ServerCmd(f"{kind}-{mode}", argv, http + flags, args.http_path)
@@ -375,9 +379,13 @@ async def workers_phase(args: argparse.Namespace, env: dict[str, str]) -> dict[i
         for r in range(args.rounds):
             for n in (1, 2) if r % 2 == 0 else (2, 1):
                 await asyncio.to_thread(wait_idle, [one.pid, two.pid], 0.15, 5.0)
-                out[n].append(
-                    await phase(targets[n], "modern", args.clients, args.duration, args.warmup, extra)
+                pids = descendants(targets[n].pid or 0)
+                cpu0 = {p: cpu_seconds(p) for p in pids}
+                row = await phase(
+                    targets[n], "modern", args.clients, args.duration, args.warmup, extra, stagger=True
                 )
+                row["worker_cpu_s"] = [round(cpu_seconds(p) - c, 2) for p, c in cpu0.items()]
+                out[n].append(row)
     return out
 
 
@@ -469,11 +477,11 @@ def summarise(result: Json, args: argparse.Namespace) -> dict[str, Json]:
     }
     for mode in MODES:
         for wl, wl_name in wl_names.items():
-            for ref in ("ll", "ms"):
+            for ref in ("ll", "ms", "base"):
                 o, r = tp["quiet"][wl].get(f"ours-{mode}"), tp["quiet"][wl].get(f"{ref}-{mode}")
                 if not o or not r:
                     continue
-                vs = "" if ref == "ll" else " vs MCPServer"
+                vs = {"ll": "", "ms": " vs MCPServer", "base": " vs baseline"}[ref]
                 label = f"{wl_name} ({mode}){vs}"
                 figures[f"calls/s, {label}"] = paired_figure(
                     _col(o, "calls_per_s"), _col(r, "calls_per_s"), "1/s"
@@ -506,6 +514,23 @@ def summarise(result: Json, args: argparse.Namespace) -> dict[str, Json]:
                         figures[f"errors under CPU load, {label}"] = figure(
                             sum(_col(lo, "errors")), sum(_col(lr, "errors")), "count", float("nan")
                         )
+    for mode in MODES:
+        for wl, wl_name in wl_names.items():
+            b, r = tp["quiet"][wl].get(f"base-{mode}"), tp["quiet"][wl].get(f"ll-{mode}")
+            lb, lr = tp["loaded"][wl].get(f"base-{mode}"), tp["loaded"][wl].get(f"ll-{mode}")
+            if b and r:
+                label = f"{wl_name} ({mode}), baseline vs bare low-level"
+                quiet = paired_figure(_col(b, "calls_per_s"), _col(r, "calls_per_s"), "1/s")
+                figures[f"calls/s, {label}"] = quiet
+                figures[f"server CPU/call, {label}"] = paired_figure(
+                    _col(b, "cpu_per_call_ms"), _col(r, "cpu_per_call_ms"), "ms"
+                )
+                if lb and lr:
+                    loaded = paired_figure(_col(lb, "calls_per_s"), _col(lr, "calls_per_s"), "1/s")
+                    figures[f"calls/s under CPU load, {label}"] = loaded
+                    figures[f"ratio kept under load, calls/s, {label}"] = figure(
+                        loaded["ratio"], quiet["ratio"], "ratio", loaded["ratio"] / quiet["ratio"]
+                    )
     fl = tp["quiet"]["floor"].get("floor")
     if fl:
         figures[f"floor: direct POST to upstream, {n} clients, calls/s"] = figure(
@@ -577,6 +602,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         choices=["modern", "legacy"],
         default=["modern", "legacy"],
         help="what to measure",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        default=None,
+        metavar="DIR",
+        help="also run the server from DIR/src (kind 'base', e.g. the code before a change)",
     )
     parser.add_argument(
         "--no-pin", dest="pin", action="store_false", help="do not pin servers and client to CPUs"

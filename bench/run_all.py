@@ -138,6 +138,7 @@ def script_argv(name: str, args: argparse.Namespace) -> list[str]:
             "--rounds", str(args.http_compare_rounds),
             "--clients", str(args.http_compare_clients),
             "--memory-calls", str(args.memory_calls),
+            *(["--baseline-src", args.http_compare_baseline] if args.http_compare_baseline else []),
         ],
     }  # fmt: skip
     return sizes[name]
@@ -215,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-compare-duration", type=float, default=1.5, help="s per http_compare phase")
     parser.add_argument("--http-compare-rounds", type=int, default=3)
     parser.add_argument("--http-compare-clients", type=int, default=32)
+    parser.add_argument(
+        "--http-compare-baseline",
+        default=None,
+        metavar="DIR",
+        help="http_compare also runs the server from DIR/src (e.g. `git archive REV src | tar -x -C DIR`)",
+    )
     parser.add_argument("--out", default=None, help="JSON file (default: bench/results/run-<time>.json)")
     args = parser.parse_args(argv)
     exit_on_sigterm()

@@ -158,8 +158,22 @@ class Target:
     host: str
     port: int
     path: str = "/mcp"
+    # More servers behind the same name (independent processes): clients alternate between all.
+    others: tuple[Target, ...] = ()
+
+    def cpu(self) -> float:
+        return sum(tree_cpu_seconds(t.pid) for t in (self, *self.others) if t.pid)
 
     async def clients(self, n: int, workload: str, extra: Sequence[tuple[str, str]]) -> list[Client]:
+        if self.others:
+            every = (self, *self.others)
+            parts = [
+                await Target(t.name, t.pid, t.host, t.port, t.path).clients(
+                    len(range(i, n, len(every))), workload, extra
+                )
+                for i, t in enumerate(every)
+            ]
+            return [c for part in parts for c in part]
         if workload == "floor":
             cs = [
                 Client(self.host, self.port, upstream_post(self.host, self.port), ok=floor_ok)
@@ -206,7 +220,7 @@ async def phase(
     try:
         for _ in range(warmup):
             await asyncio.gather(*(c.call() for c in clients))
-        cpu = (lambda: tree_cpu_seconds(target.pid)) if target.pid else (lambda: 0.0)
+        cpu = target.cpu
         load = loadavg()[0]
         busy0, cpu0, own0 = machine_busy_seconds(), cpu(), time.process_time()
         res: LoadResult = await drive(clients, duration)
@@ -371,16 +385,25 @@ async def latency_at_one(
     return {s: {wl: median(v) for wl, v in d.items()} for s, d in out.items()}
 
 
-async def workers_phase(args: argparse.Namespace, env: dict[str, str]) -> dict[int, list[Json]]:
+async def workers_phase(args: argparse.Namespace, env: dict[str, str]) -> dict[str, list[Json]]:
+    """``--workers 1`` vs ``--workers 2``, and two independent ``--workers 1`` processes (clients split
+    between their ports) to tell the app's scaling from uvicorn's multiprocess mode."""
     extra = [("authorization", f"Bearer {WORKER_TOKEN}")]
-    out: dict[int, list[Json]] = {1: [], 2: []}
-    with uvicorn_workers(1, env) as one, uvicorn_workers(2, env) as two:
-        targets = {1: one, 2: two}
+    out: dict[str, list[Json]] = {"1": [], "2": [], "2p": []}
+    with (
+        uvicorn_workers(1, env) as one,
+        uvicorn_workers(2, env) as two,
+        uvicorn_workers(1, env) as p1,
+        uvicorn_workers(1, env) as p2,
+    ):
+        pair = Target("two-processes", p1.pid, p1.host, p1.port, p1.path, others=(p2,))
+        targets = {"1": one, "2": two, "2p": pair}
+        pids = [t.pid for t in (one, two, p1, p2) if t.pid]
         for r in range(args.rounds):
-            for n in (1, 2) if r % 2 == 0 else (2, 1):
-                await asyncio.to_thread(wait_idle, [one.pid, two.pid], 0.15, 5.0)
-                pids = descendants(targets[n].pid or 0)
-                cpu0 = {p: cpu_seconds(p) for p in pids}
+            for n in list(rotations(list(targets), r + 1))[r]:
+                await asyncio.to_thread(wait_idle, pids, 0.15, 5.0)
+                procs = descendants(targets[n].pid or 0)
+                cpu0 = {p: cpu_seconds(p) for p in procs}
                 row = await phase(
                     targets[n], "modern", args.clients, args.duration, args.warmup, extra, stagger=True
                 )
@@ -553,13 +576,24 @@ def summarise(result: Json, args: argparse.Namespace) -> dict[str, Json]:
     w = result.get("workers")
     if w:
         figures[f"2 uvicorn workers vs 1, calls/s, 2026 stateless JSON, {n} clients"] = paired_figure(
-            _col(w[2], "calls_per_s"), _col(w[1], "calls_per_s"), "1/s"
+            _col(w["2"], "calls_per_s"), _col(w["1"], "calls_per_s"), "1/s"
+        )
+        figures["2 uvicorn workers vs 1, server CPU/call"] = paired_figure(
+            _col(w["2"], "cpu_per_call_ms"), _col(w["1"], "cpu_per_call_ms"), "ms"
+        )
+        figures[f"2 independent processes vs 1, calls/s, 2026 stateless JSON, {n} clients"] = paired_figure(
+            _col(w["2p"], "calls_per_s"), _col(w["1"], "calls_per_s"), "1/s"
         )
         figures["2 uvicorn workers vs 1, bench client CPU/call"] = figure(
-            median(_col(w[2], "client_cpu_per_call_ms")), median(_col(w[1], "client_cpu_per_call_ms")), "ms"
+            median(_col(w["2"], "client_cpu_per_call_ms")),
+            median(_col(w["1"], "client_cpu_per_call_ms")),
+            "ms",
         )
         figures["2 uvicorn workers vs 1, errors"] = figure(
-            sum(_col(w[2], "errors")), sum(_col(w[1], "errors")), "count", float("nan")
+            sum(_col(w["2"], "errors")) + sum(_col(w["2p"], "errors")),
+            sum(_col(w["1"], "errors")),
+            "count",
+            float("nan"),
         )
     m = result.get("memory")
     if m:

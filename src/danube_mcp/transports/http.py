@@ -562,6 +562,42 @@ class DanubeHttpApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
+def nodelay_on_listeners() -> int:
+    """Set TCP_NODELAY on every listening TCP socket this process holds; returns how many.
+
+    ``uvicorn --workers N`` binds its socket with ``socket.socket(family)``, whose protocol number
+    is 0, and asyncio turns Nagle's algorithm off only on connections whose protocol is TCP by
+    number. Each answer is written in two parts (head, body), so with Nagle on the body waits for
+    the client's delayed ACK: ~40 ms per call (measured: p50 44 ms at one client, against 1 ms with
+    one worker). Accepted sockets inherit TCP_NODELAY from the listening socket, so setting it
+    there fixes every connection. Linux only (/proc); elsewhere nothing is done.
+    """
+    import socket
+
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    done = 0
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue  # not a socket (or already closed)
+        with sock:
+            try:
+                if (
+                    sock.family in (socket.AF_INET, socket.AF_INET6)
+                    and sock.type == socket.SOCK_STREAM
+                    and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                ):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    done += 1
+            except OSError:
+                continue
+    return done
+
+
 def create_app(
     settings: Settings | None = None,
     options: HttpOptions | None = None,
@@ -583,6 +619,8 @@ def create_app(
         from danube_mcp.logs import setup_logging
 
         setup_logging(settings.log_level)
+        # Under `uvicorn --workers N` the listening socket already exists here (bound by the parent).
+        nodelay_on_listeners()
         if settings.api_key is not None:
             SECRETS.add(settings.api_key.get_secret_value())
     if sandbox is None:

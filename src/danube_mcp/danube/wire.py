@@ -325,6 +325,11 @@ class WirePool:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                # Woken and cancelled at once: pass the turn on, or the next waiter sleeps on.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)

@@ -3,7 +3,9 @@
 ``Server(..., on_list_tools=..., on_call_tool=...)`` served with ``mcp.server.stdio.stdio_server``; one lazily
 created process-wide ``httpx2.AsyncClient``; SDK defaults everywhere else. stdio by default;
 ``--transport streamable-http --port 0`` serves ``/mcp`` through uvicorn and prints
-``listening on http://127.0.0.1:PORT`` on stderr once bound. Reads ``DANUBE_API_URL`` and ``DANUBE_API_KEY``.
+``listening on http://127.0.0.1:PORT`` on stderr once bound; ``--stateless`` and ``--json-response`` pass
+``stateless_http=True`` / ``json_response=True`` to ``streamable_http_app`` (the SDK's stateless JSON mode;
+2026-07-28 requests are served per request in every mode, JSON or SSE-capable). Reads ``DANUBE_API_URL`` and ``DANUBE_API_KEY``.
 """
 
 from __future__ import annotations
@@ -78,10 +80,10 @@ async def serve_stdio() -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
-async def serve_http(host: str, port: int) -> None:
+async def serve_http(host: str, port: int, stateless: bool = False, json_response: bool = False) -> None:
     import uvicorn
 
-    app = server.streamable_http_app(host=host)
+    app = server.streamable_http_app(host=host, stateless_http=stateless, json_response=json_response)
     uv = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     async with anyio.create_task_group() as tg:
         tg.start_soon(uv.serve)
@@ -96,11 +98,13 @@ def main() -> None:
     parser.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--stateless", action="store_true", help="stateless_http=True (no sessions)")
+    parser.add_argument("--json-response", action="store_true", help="json_response=True (no SSE)")
     args = parser.parse_args()
     if args.transport == "stdio":
         anyio.run(serve_stdio)
     else:
-        anyio.run(serve_http, args.host, args.port)
+        anyio.run(serve_http, args.host, args.port, args.stateless, args.json_response)
 
 
 if __name__ == "__main__":

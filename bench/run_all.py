@@ -20,6 +20,7 @@ from types import ModuleType
 
 import cold_start
 import hardening
+import http_compare
 import http_throughput
 import memory
 import overlap
@@ -48,7 +49,10 @@ SCRIPTS: dict[str, ModuleType] = {
     "overlap": overlap,
     "memory": memory,
     "hardening": hardening,
+    "http_compare": http_compare,
 }
+# Not in a plain run (it takes ~5 min): ask for it with --only http_compare (issue 16's table).
+DEFAULT_SCRIPTS = [name for name in SCRIPTS if name != "http_compare"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,36 @@ def _ours(limit: float, op: str = "<=") -> Callable[[Json], bool]:
 
 def _ratio(limit: float, op: str) -> Callable[[Json], bool]:
     return lambda f: f["ratio"] <= limit if op == "<=" else f["ratio"] >= limit
+
+
+def _issue16(args: argparse.Namespace) -> list[Target]:
+    """Issue 16's targets on bench/http_compare.py's figures (ours vs the bare low-level server)."""
+    n = args.http_compare_clients
+    modern = f"2026 stateless tools/call, {n} clients (json)"
+    legacy = f"initialize-era, {n} sessions (default)"
+    hc = "http_compare"
+    return [
+        Target(hc, f"calls/s, {modern}", ">= 2.5x", _ratio(2.5, ">=")),
+        Target(hc, f"server CPU/call, {modern}", "<= 0.35x", _ratio(0.35, "<=")),
+        Target(hc, f"p99, {modern}", "<= 0.5x", _ratio(0.5, "<=")),
+        Target(hc, f"errors, {modern}", "0", _ours(0, "==")),
+        Target(hc, f"calls/s, {legacy}", ">= 1.5x", _ratio(1.5, ">=")),
+        Target(hc, f"errors, {legacy}", "0", _ours(0, "==")),
+        Target(hc, f"ratio kept under load, calls/s, {modern}", ">= 0.8 (falls <= 1/5)", _ratio(0.8, ">=")),
+        Target(hc, f"ratio kept under load, CPU/call, {modern}", ">= 0.8 (falls <= 1/5)", _ratio(0.8, ">=")),
+        Target(hc, f"ratio kept under load, calls/s, {legacy}", ">= 0.8 (falls <= 1/5)", _ratio(0.8, ">=")),
+        Target(hc, f"errors under CPU load, {modern}", "0", _ours(0, "==")),
+        Target(
+            hc,
+            f"2 uvicorn workers vs 1, calls/s, 2026 stateless JSON, {n} clients",
+            ">= 1.6x",
+            _ratio(1.6, ">="),
+        ),
+        Target(hc, "HTTP idle RSS (stateless JSON)", "<= 1.0x", _ratio(1.0, "<=")),
+        Target(hc, f"HTTP RSS growth over {args.memory_calls} calls", "< 1 MiB", _ours(1.0, "<")),
+        Target(hc, "stderr bytes per call, HTTP (json)", "0 B", _ours(0, "==")),
+        Target(hc, "stderr bytes per call, HTTP (default)", "0 B", _ours(0, "==")),
+    ]
 
 
 def targets(args: argparse.Namespace) -> list[Target]:
@@ -116,6 +150,7 @@ def targets(args: argparse.Namespace) -> list[Target]:
             _ours(args.hardening_cap),
         ),
         Target("hardening", "/healthz 200 again after the drips leave", "< 1000 ms", _ours(1000, "<")),
+        *_issue16(args),
     ]
 
 
@@ -134,7 +169,14 @@ def script_argv(name: str, args: argparse.Namespace) -> list[str]:
             "--cap",
             str(args.hardening_cap),
         ],
-    }
+        "http_compare": [
+            "--duration", str(args.http_compare_duration),
+            "--rounds", str(args.http_compare_rounds),
+            "--clients", str(args.http_compare_clients),
+            "--memory-calls", str(args.memory_calls),
+            *(["--baseline-src", args.http_compare_baseline] if args.http_compare_baseline else []),
+        ],
+    }  # fmt: skip
     return sizes[name]
 
 
@@ -193,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     add_common_args(parser)
     parser.add_argument(
-        "--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS), help="scripts to run"
+        "--only",
+        nargs="+",
+        choices=list(SCRIPTS),
+        default=DEFAULT_SCRIPTS,
+        help="scripts to run (default: all but http_compare; issue 16's table: --only http_compare)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="small sizes: a smoke run of the harness (~1 min)"
@@ -209,6 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hardening-flood", type=int, default=10_000, help="initialize requests per flood")
     parser.add_argument("--hardening-seconds", type=float, default=5.0, help="/healthz probing, each side")
     parser.add_argument("--hardening-cap", type=int, default=2000, help="--max-connections of the cap phase")
+    parser.add_argument("--http-compare-duration", type=float, default=1.5, help="s per http_compare phase")
+    parser.add_argument("--http-compare-rounds", type=int, default=3)
+    parser.add_argument("--http-compare-clients", type=int, default=32)
+    parser.add_argument(
+        "--http-compare-baseline",
+        default=None,
+        metavar="DIR",
+        help="http_compare also runs the server from DIR/src (e.g. `git archive REV src | tar -x -C DIR`)",
+    )
     parser.add_argument("--out", default=None, help="JSON file (default: bench/results/run-<time>.json)")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -216,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cold_rounds, args.importtime_runs, args.stdio_calls, args.stdio_rounds = 4, 1, 400, 2
         args.http_duration, args.http_rounds, args.overlap_rounds, args.memory_calls = 1.0, 1, 2, 1000
         args.hardening_flood, args.hardening_seconds, args.hardening_cap = 2000, 2.0, 300
+        args.http_compare_duration, args.http_compare_rounds = 0.7, 1
 
     common = ["--server", args.server, "--reference", args.reference, "--http-args", args.http_args]
     if args.fastmcp1_python:
@@ -269,6 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     rows = table(results, args)
     print_rows(HEADER, rows, NUMERIC_COLUMNS)
+    hc = results.get("http_compare", {})
+    if "throughput" in hc:
+        print(
+            "\nhttp_compare rounds, 1-min load average at start -> end: "
+            + ", ".join(
+                f"{r['round']}: {r['loadavg_start'][0]:.2f} -> {r['loadavg_end'][0]:.2f}"
+                for r in hc["throughput"]["rounds"]
+            )
+            + f"; CPUs pinned: {hc.get('pinned')}"
+        )
     if "cold_start" in results and "imports" in results["cold_start"]:
         cold_start.print_imports(results["cold_start"])
 

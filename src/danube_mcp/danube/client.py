@@ -44,6 +44,7 @@ from danube_mcp.danube.errors import (
 from danube_mcp.danube.models import StoreRequest, StoreResult
 from danube_mcp.danube.redact import REDACTED, Scrubber, clean_message, key_tail
 from danube_mcp.danube.tls import TrustRoots
+from danube_mcp.danube.wire import WireError, WirePool
 
 # httpcore runs `import sniffio` on every request to detect the async library. When sniffio is not
 # installed, each of those imports searches sys.path afresh (about 0.15 ms, several per call).
@@ -241,11 +242,15 @@ class DanubeClient:
             keepalive_expiry=30.0,
         )
         self._tls = tls
-        # The connection pool is used directly, not through httpx2.AsyncClient: this client needs
-        # none of its cookie jar, auth flow, redirect handling or event hooks (redirects must not
-        # be followed anyway, so the key never travels elsewhere), and they cost CPU on every call.
+        # Requests go through danube/wire.py's small keep-alive client (one POST, a bounded
+        # answer; no cookie jar, auth flow, redirects or event hooks, and redirects must not be
+        # followed anyway, so the key never travels elsewhere). An injected httpx2 transport (the
+        # sandbox's in-process app, tests' MockTransport) is used instead when given.
         # Created on first use: building it loads TLS trust roots, which start-up need not wait for.
         self._transport: httpx2.AsyncBaseTransport | None = transport
+        self._wire: WirePool | None = None
+        url = httpx2.URL(self.base_url)
+        self._wire_target = (url.raw_path.rstrip(b"/") + STORE_PATH.encode()) or STORE_PATH.encode()
         self.closed = False
         # Injectable for tests: the sleep between retries and the jitter source.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
@@ -259,24 +264,38 @@ class DanubeClient:
         return f"DanubeClient(base_url={self.base_url!r}, api_key={'set' if self._api_key else 'unset'})"
 
     def _client(self) -> httpx2.AsyncBaseTransport:
-        transport = self._transport
-        if transport is None:
+        """The injected httpx2 transport (see ``__init__``); None means the wire pool is used."""
+        assert self._transport is not None
+        return self._transport
+
+    def _pool(self) -> WirePool:
+        pool = self._wire
+        if pool is None:
             if self.closed:
                 raise ConnectionFailed("The Danube client has been closed (the server is shutting down).")
-            verify: ssl.SSLContext | bool = True
-            if self.base_url.startswith("http://"):
-                # Plain HTTP (loopback only, see config): no trust roots to load. A context with
-                # none fails closed should TLS ever be attempted.
-                verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            elif self._tls is not None:
-                verify = self._tls.context()
-            transport = self._transport = httpx2.AsyncHTTPTransport(
-                verify=verify, limits=self._limits, trust_env=False, retries=0
+            url = httpx2.URL(self.base_url)
+            context: ssl.SSLContext | None = None
+            if url.scheme == "https":
+                context = (
+                    self._tls.context()
+                    if self._tls is not None
+                    else httpx2.create_ssl_context(verify=True, trust_env=False)
+                )
+            pool = self._wire = WirePool(
+                scheme=url.scheme,
+                host=url.host,
+                port=url.port or (443 if url.scheme == "https" else 80),
+                ssl_context=context,
+                max_connections=self._limits.max_connections or 128,
+                keepalive_expiry=self._limits.keepalive_expiry or 30.0,
+                connect_timeout=self._timeouts["connect"] or self.timeout,
             )
-        return transport
+        return pool
 
     async def aclose(self) -> None:
         self.closed = True
+        if self._wire is not None:
+            await self._wire.aclose()
         if self._transport is not None:
             await self._transport.aclose()
 
@@ -354,6 +373,8 @@ class DanubeClient:
     ) -> StoreResult:
         if limit <= 0:
             raise UpstreamTimeout(self._timeout_message(), attempts=attempt)
+        if self._transport is None:
+            return await self._attempt_wire(body, headers, store, secrets, limit)
         try:
             with anyio.fail_after(limit):
                 request = httpx2.Request(
@@ -376,7 +397,48 @@ class DanubeClient:
             ) from None
         except httpx2.HTTPError:
             raise ConnectionFailed(self._connection_message("the HTTP exchange failed")) from None
-        return self._interpret(response, raw, too_big, store, secrets)
+        return self._interpret(
+            response.status_code,
+            response.reason_phrase,
+            response.headers.get("retry-after"),
+            raw,
+            too_big,
+            store,
+            secrets,
+        )
+
+    async def _attempt_wire(
+        self,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        store: StoreRequest,
+        secrets: Scrubber,
+        limit: float,
+    ) -> StoreResult:
+        head = b"".join(
+            [b"POST ", self._wire_target, b" HTTP/1.1\r\n", *(k + b": " + v + b"\r\n" for k, v in headers)]
+        )
+        try:
+            with anyio.fail_after(limit):
+                answer = await self._pool().request(head, body, MAX_RESPONSE_BYTES)
+        except TimeoutError:
+            raise UpstreamTimeout(self._timeout_message()) from None
+        except WireError as exc:
+            why = (
+                "the connection was refused or failed"
+                if exc.stage == "connect"
+                else "the connection closed before a complete answer arrived"
+            )
+            raise ConnectionFailed(self._connection_message(why)) from None
+        return self._interpret(
+            answer.status,
+            answer.reason,
+            answer.header("retry-after"),
+            answer.body,
+            answer.too_big,
+            store,
+            secrets,
+        )
 
     @staticmethod
     async def _read_capped(response: httpx2.Response) -> tuple[bytes, bool]:
@@ -396,9 +458,15 @@ class DanubeClient:
     # ----------------------------------------------------------------------------------------
 
     def _interpret(
-        self, response: httpx2.Response, raw: bytes, too_big: bool, store: StoreRequest, secrets: Scrubber
+        self,
+        status: int,
+        reason_phrase: str,
+        retry_after_header: str | None,
+        raw: bytes,
+        too_big: bool,
+        store: StoreRequest,
+        secrets: Scrubber,
     ) -> StoreResult:
-        status = response.status_code
         if 200 <= status < 300:
             if too_big:
                 raise MalformedResponse(
@@ -414,7 +482,7 @@ class DanubeClient:
             # A credential for the pending action: scrubbed from anything shown, never kept.
             secrets = secrets.extended(*confirm_tokens)
         clean = _free_text(raw_message, secrets)
-        reason = _free_text(response.reason_phrase, secrets, 80) or ""
+        reason = _free_text(reason_phrase, secrets, 80) or ""
         said = f": {clean}" if clean else f" ({reason or 'no reason given'})" if not secrets.strict else ""
         if raw_code in KNOWN_CODES:
             code: str | None = raw_code
@@ -488,7 +556,7 @@ class DanubeClient:
                     data["error"].get("upgrade_url") if isinstance(data.get("error"), dict) else None
                 )
                 upgrade = upgrade or details.get("upgrade_url")
-            retry_after = _parse_retry_after(response.headers.get("retry-after"))
+            retry_after = _parse_retry_after(retry_after_header)
             if upgrade:
                 url = _free_text(str(upgrade), secrets)
                 where = f"at {url}" if url and url != REDACTED else "in the Danube dashboard"
@@ -507,7 +575,7 @@ class DanubeClient:
             )
         if status >= 500:
             error_cls = RetryableServerError if status in RETRY_STATUSES else ServerError
-            retry_after = _parse_retry_after(response.headers.get("retry-after"))
+            retry_after = _parse_retry_after(retry_after_header)
             server_wait = _wait_text(retry_after)
             when = f"{server_wait.capitalize()} and try again" if server_wait else "Try again in a minute"
             raise error_cls(

@@ -12,14 +12,16 @@ import importlib.util
 import json
 import math
 import random
+import select
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import anyio
+import httpcore2
 import httpx2
 
 from danube_mcp import __version__
@@ -44,7 +46,6 @@ from danube_mcp.danube.errors import (
 from danube_mcp.danube.models import StoreRequest, StoreResult
 from danube_mcp.danube.redact import REDACTED, Scrubber, clean_message, key_tail
 from danube_mcp.danube.tls import TrustRoots
-from danube_mcp.danube.wire import WireError, WirePool
 
 # httpcore runs `import sniffio` on every request to detect the async library. When sniffio is not
 # installed, each of those imports searches sys.path afresh (about 0.15 ms, several per call).
@@ -206,6 +207,106 @@ def _free_text(text: str | None, secrets: Scrubber, limit: int | None = None) ->
 
 
 # --------------------------------------------------------------------------------------------
+# The connection pool's network layer
+
+
+def _socket_readable(sock: Any) -> bool:
+    """Whether an idle keep-alive socket has something to read (in practice: the server closed it).
+    A socket that is gone counts as readable, i.e. as closed."""
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+# The ``timeout`` parameters below are httpcore2's interface (hence the ASYNC109 exemptions).
+class _PoolStream(httpcore2.AsyncNetworkStream):
+    """httpcore2's anyio stream, with its raw socket looked up once.
+
+    On every request the pool asks each idle connection whether its socket became readable (the
+    server closed it). Through anyio each such question rebuilds a table of a dozen attribute
+    getters; with 32 calls in flight the pool holds ~32 connections and asks twice per request,
+    which cost more CPU than the rest of the upstream exchange (see bench/README.md)."""
+
+    __slots__ = ("_inner", "_sock")
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+        self._inner = inner
+        # A socket.socket, or asyncio's TransportSocket wrapper of one: anything with fileno().
+        sock = inner.get_extra_info("socket")
+        self._sock = sock if callable(getattr(sock, "fileno", None)) else None
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore2.AsyncNetworkStream:
+        return _PoolStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return _socket_readable(self._sock)
+        return self._inner.get_extra_info(info)
+
+
+class _PoolBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore2's anyio backend, handing out :class:`_PoolStream` streams."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        return _PoolStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        return _PoolStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _PoolTransport(httpx2.AsyncHTTPTransport):
+    """httpx2's transport (request/response types, exception mapping) over an httpcore2 pool built
+    here with :class:`_PoolBackend`. httpx2 offers no way to pass a network backend, and its own
+    constructor would build (and load trust roots for) a pool only to throw it away, so it is not
+    called: ``_pool`` is the one attribute the transport's methods use."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, limits: httpx2.Limits) -> None:
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            retries=0,
+            network_backend=_PoolBackend(),
+        )
+
+
+# --------------------------------------------------------------------------------------------
 # The client
 
 
@@ -242,15 +343,11 @@ class DanubeClient:
             keepalive_expiry=30.0,
         )
         self._tls = tls
-        # Requests go through danube/wire.py's small keep-alive client (one POST, a bounded
-        # answer; no cookie jar, auth flow, redirects or event hooks, and redirects must not be
-        # followed anyway, so the key never travels elsewhere). An injected httpx2 transport (the
-        # sandbox's in-process app, tests' MockTransport) is used instead when given.
+        # The connection pool is used directly, not through httpx2.AsyncClient: this client needs
+        # none of its cookie jar, auth flow, redirect handling or event hooks (redirects must not
+        # be followed anyway, so the key never travels elsewhere), and they cost CPU on every call.
         # Created on first use: building it loads TLS trust roots, which start-up need not wait for.
         self._transport: httpx2.AsyncBaseTransport | None = transport
-        self._wire: WirePool | None = None
-        url = httpx2.URL(self.base_url)
-        self._wire_target = (url.raw_path.rstrip(b"/") + STORE_PATH.encode()) or STORE_PATH.encode()
         self.closed = False
         # Injectable for tests: the sleep between retries and the jitter source.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
@@ -264,38 +361,23 @@ class DanubeClient:
         return f"DanubeClient(base_url={self.base_url!r}, api_key={'set' if self._api_key else 'unset'})"
 
     def _client(self) -> httpx2.AsyncBaseTransport:
-        """The injected httpx2 transport (see ``__init__``); None means the wire pool is used."""
-        assert self._transport is not None
-        return self._transport
-
-    def _pool(self) -> WirePool:
-        pool = self._wire
-        if pool is None:
+        transport = self._transport
+        if transport is None:
             if self.closed:
                 raise ConnectionFailed("The Danube client has been closed (the server is shutting down).")
-            url = httpx2.URL(self.base_url)
-            context: ssl.SSLContext | None = None
-            if url.scheme == "https":
-                context = (
-                    self._tls.context()
-                    if self._tls is not None
-                    else httpx2.create_ssl_context(verify=True, trust_env=False)
-                )
-            pool = self._wire = WirePool(
-                scheme=url.scheme,
-                host=url.host,
-                port=url.port or (443 if url.scheme == "https" else 80),
-                ssl_context=context,
-                max_connections=self._limits.max_connections or 128,
-                keepalive_expiry=self._limits.keepalive_expiry or 30.0,
-                connect_timeout=self._timeouts["connect"] or self.timeout,
-            )
-        return pool
+            if self.base_url.startswith("http://"):
+                # Plain HTTP (loopback only, see config): no trust roots to load. A context with
+                # none fails closed should TLS ever be attempted.
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            elif self._tls is not None:
+                context = self._tls.context()
+            else:
+                context = httpx2.create_ssl_context(verify=True, trust_env=False)
+            transport = self._transport = _PoolTransport(context, self._limits)
+        return transport
 
     async def aclose(self) -> None:
         self.closed = True
-        if self._wire is not None:
-            await self._wire.aclose()
         if self._transport is not None:
             await self._transport.aclose()
 
@@ -373,8 +455,6 @@ class DanubeClient:
     ) -> StoreResult:
         if limit <= 0:
             raise UpstreamTimeout(self._timeout_message(), attempts=attempt)
-        if self._transport is None:
-            return await self._attempt_wire(body, headers, store, secrets, limit)
         try:
             with anyio.fail_after(limit):
                 request = httpx2.Request(
@@ -397,48 +477,7 @@ class DanubeClient:
             ) from None
         except httpx2.HTTPError:
             raise ConnectionFailed(self._connection_message("the HTTP exchange failed")) from None
-        return self._interpret(
-            response.status_code,
-            response.reason_phrase,
-            response.headers.get("retry-after"),
-            raw,
-            too_big,
-            store,
-            secrets,
-        )
-
-    async def _attempt_wire(
-        self,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]],
-        store: StoreRequest,
-        secrets: Scrubber,
-        limit: float,
-    ) -> StoreResult:
-        head = b"".join(
-            [b"POST ", self._wire_target, b" HTTP/1.1\r\n", *(k + b": " + v + b"\r\n" for k, v in headers)]
-        )
-        try:
-            with anyio.fail_after(limit):
-                answer = await self._pool().request(head, body, MAX_RESPONSE_BYTES)
-        except TimeoutError:
-            raise UpstreamTimeout(self._timeout_message()) from None
-        except WireError as exc:
-            why = (
-                "the connection was refused or failed"
-                if exc.stage == "connect"
-                else "the connection closed before a complete answer arrived"
-            )
-            raise ConnectionFailed(self._connection_message(why)) from None
-        return self._interpret(
-            answer.status,
-            answer.reason,
-            answer.header("retry-after"),
-            answer.body,
-            answer.too_big,
-            store,
-            secrets,
-        )
+        return self._interpret(response, raw, too_big, store, secrets)
 
     @staticmethod
     async def _read_capped(response: httpx2.Response) -> tuple[bytes, bool]:
@@ -458,15 +497,9 @@ class DanubeClient:
     # ----------------------------------------------------------------------------------------
 
     def _interpret(
-        self,
-        status: int,
-        reason_phrase: str,
-        retry_after_header: str | None,
-        raw: bytes,
-        too_big: bool,
-        store: StoreRequest,
-        secrets: Scrubber,
+        self, response: httpx2.Response, raw: bytes, too_big: bool, store: StoreRequest, secrets: Scrubber
     ) -> StoreResult:
+        status = response.status_code
         if 200 <= status < 300:
             if too_big:
                 raise MalformedResponse(
@@ -482,7 +515,7 @@ class DanubeClient:
             # A credential for the pending action: scrubbed from anything shown, never kept.
             secrets = secrets.extended(*confirm_tokens)
         clean = _free_text(raw_message, secrets)
-        reason = _free_text(reason_phrase, secrets, 80) or ""
+        reason = _free_text(response.reason_phrase, secrets, 80) or ""
         said = f": {clean}" if clean else f" ({reason or 'no reason given'})" if not secrets.strict else ""
         if raw_code in KNOWN_CODES:
             code: str | None = raw_code
@@ -556,7 +589,7 @@ class DanubeClient:
                     data["error"].get("upgrade_url") if isinstance(data.get("error"), dict) else None
                 )
                 upgrade = upgrade or details.get("upgrade_url")
-            retry_after = _parse_retry_after(retry_after_header)
+            retry_after = _parse_retry_after(response.headers.get("retry-after"))
             if upgrade:
                 url = _free_text(str(upgrade), secrets)
                 where = f"at {url}" if url and url != REDACTED else "in the Danube dashboard"
@@ -575,7 +608,7 @@ class DanubeClient:
             )
         if status >= 500:
             error_cls = RetryableServerError if status in RETRY_STATUSES else ServerError
-            retry_after = _parse_retry_after(retry_after_header)
+            retry_after = _parse_retry_after(response.headers.get("retry-after"))
             server_wait = _wait_text(retry_after)
             when = f"{server_wait.capitalize()} and try again" if server_wait else "Try again in a minute"
             raise error_cls(

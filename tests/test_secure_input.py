@@ -363,14 +363,22 @@ async def test_over_legacy_sse_the_page_works_too(tmp_path: Path) -> None:
     assert VALUE not in stderr and TOKEN not in stderr and VALUE not in result.model_dump_json()
 
 
-@pytest.mark.parametrize("stateless", [False, True])
+@pytest.mark.parametrize("extra", [(), ("--stateless",), ("--stateless", "--json-response")])
 async def test_a_2026_client_over_streamable_http_stores_through_multi_round_trip(
-    tmp_path: Path, stateless: bool
+    tmp_path: Path, extra: tuple[str, ...]
 ) -> None:
+    """Also in JSON-response mode, where a plain 2026 call takes the short road (modern_fast.py)."""
     env = child_env(DANUBE_MCP_LOG_LEVEL="DEBUG", DANUBE_MCP_AUTH_TOKEN=TOKEN)
-    args = ("--transport", "http", "--sandbox", "--sandbox-db", str(tmp_path / "s.db"), "--secure-input")
-    if stateless:
-        args = (*args, "--stateless")
+    transport = "streamable-http" if "--json-response" in extra else "http"
+    args = (
+        "--transport",
+        transport,
+        "--sandbox",
+        "--sandbox-db",
+        str(tmp_path / "s.db"),
+        "--secure-input",
+        *extra,
+    )
     seen: list[types.ElicitRequestURLParams] = []
     pages: list[httpx2.Response] = []
     posts: list[httpx2.Response] = []

@@ -281,6 +281,7 @@ def build_server(
         elicitation_possible=elicitation_possible,
     )
     tools = [build_tool(secure_input=secure_input is not None)]
+    schemas = {t.name: t.input_schema for t in tools}
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools)
@@ -295,6 +296,9 @@ def build_server(
         title="Danube credential store",
         instructions=INSTRUCTIONS,
         cache_hints={"tools/list": hint, "server/discover": hint},
+        # For the SDK's Mcp-Param-* header check on 2026-07-28 calls: without it the SDK runs the
+        # whole tools/list handler on every call to find the called tool's schema.
+        get_tool_input_schema=schemas.get,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )

@@ -302,14 +302,11 @@ class DanubeHttpApp:
             # URL elicitation needs a server-to-client request on a live stream.
             elicitation_possible=not (options.stateless or options.json_response),
         )
-        # The tool's input schema, for the SDK's Mcp-Param-* header check on 2026-07-28 calls:
-        # without it the SDK runs the whole tools/list handler on every call to find the schema.
-        schemas = {t.name: t.input_schema for t in self._tools()}
-        self.server.get_tool_input_schema = schemas.get
         # 2026-07-28 tools/call in JSON-response mode: plain requests take the short road
         # (transports/modern_fast.py) unless the schema asks for Mcp-Param-* header checks.
-        self._plain_calls_here = options.json_response and not any(
-            declares_param_headers(s) for s in schemas.values()
+        schema = self.server.get_tool_input_schema
+        self._plain_calls_here = (
+            options.json_response and schema is not None and not declares_param_headers(schema(TOOL_NAME))
         )
         serve_streamable = options.transport in ("streamable-http", "http")
         serve_sse = options.transport in ("sse", "http")
@@ -334,12 +331,6 @@ class DanubeHttpApp:
         self.sse = SseServerTransport(MESSAGES_PATH) if serve_sse else None
         self._init_options = self.server.create_initialization_options()
         self.draining = False  # set on the first shutdown signal: new MCP requests get 503
-
-    def _tools(self) -> list[Any]:
-        """The tools the server lists (its tools/list handler, asked once, outside any request)."""
-        from danube_mcp.tool.handler import build_tool
-
-        return [build_tool(secure_input=self.secure_input is not None)]
 
     def identity(self, scope: Scope) -> str:
         """A salted hash of what identifies the caller: the access token and the caller key."""

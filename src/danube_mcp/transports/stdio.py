@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import stat
 import sys
 import threading
 from collections import deque
@@ -37,7 +36,10 @@ from mcp_types.methods import SPEC_CLIENT_METHODS
 from pydantic import ValidationError
 
 from danube_mcp.jsonutil import loads_strict
+
+# only_pipes: pipes and sockets only, as O_NONBLOCK on a shared terminal would upset the shell
 from danube_mcp.transports.fast_start import Handoff
+from danube_mcp.transports.fast_start import pipes as only_pipes
 from danube_mcp.transports.lines import MAX_LINE_BYTES, LineSplitter, claim_stdout, too_large
 from danube_mcp.transports.lines import error_line as _error_line
 from danube_mcp.transports.lines import request_id as _request_id
@@ -310,25 +312,10 @@ class _ThreadIO:
         self._writer.join(2.0)
 
 
-def _pipe_capable(*files: BinaryIO) -> bool:
-    if sys.platform == "win32":
-        return False
-    for f in files:
-        try:
-            mode = os.fstat(f.fileno()).st_mode
-        except (OSError, ValueError):
-            return False
-        # Pipes and sockets only: O_NONBLOCK on a shared terminal would upset the shell after
-        # exit, and epoll cannot watch regular files.
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-            return False
-    return True
-
-
 async def _open_io(
     stdin: BinaryIO, stdout: BinaryIO, splitter: LineSplitter | None = None
 ) -> _PipeIO | _ThreadIO:
-    if _pipe_capable(stdin, stdout):
+    if only_pipes(stdin, stdout):
         pipes = _PipeIO(splitter)
         try:
             await pipes.open(stdin, stdout)

@@ -5,7 +5,10 @@
 # Build from a checkout. The image installs from a wheelhouse made beforehand, so the image build
 # itself needs no network, no compiler and no index credentials:
 #
-#   python3.11 -m pip wheel --wheel-dir dist/wheelhouse '.[redis]'
+#   python3.11 -m pip wheel --wheel-dir dist/wheelhouse '.[redis]' 'async-timeout>=4.0.3'
+#
+# (async-timeout: redis needs it on Pythons before 3.11.3, such as Debian bookworm's 3.11.2, and pip
+# leaves it out when the wheelhouse is made with a newer 3.11.)
 #   docker build -t danube-mcp:0.1.0 .          # or: podman build --format docker ...
 #
 # The wheels must match the base image's Python (3.11) and CPU architecture. BASE_IMAGE may be any

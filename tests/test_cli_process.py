@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -225,3 +226,21 @@ def test_in_a_terminal_it_explains_itself_and_still_serves(tmp_path: object) -> 
             proc.kill()
             proc.wait(10)
         os.close(master)
+
+
+def test_a_state_url_over_stdio_is_noted_not_used_and_not_printed(tmp_path: Path) -> None:
+    """Shared state is for HTTP replicas: over stdio the server says so in one line and serves
+    from its own memory; the URL (which may carry a Redis password) is never printed."""
+    url = "redis://:pw-CANARY-redis-5555@127.0.0.1:1/0"
+    done = subprocess.run(
+        [sys.executable, "-m", "danube_mcp", "--sandbox", "--sandbox-db", str(tmp_path / "s.db")],
+        input=b"",
+        capture_output=True,
+        env=child_env(DANUBE_MCP_STATE_URL=url),
+        cwd=str(REPO),
+        timeout=60,
+    )
+    notes = [line for line in done.stderr.decode().splitlines() if "DANUBE_MCP_STATE_URL" in line]
+    assert done.returncode == 0, done.stderr
+    assert len(notes) == 1 and "HTTP transports only" in notes[0]
+    assert b"CANARY" not in done.stderr + done.stdout

@@ -222,6 +222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 print(f"danube-mcp: {exc}", file=sys.stderr)
                 return 2
+        if http_opts is None and (
+            getattr(args, "state_url", None) or os.environ.get("DANUBE_MCP_STATE_URL", "").strip()
+        ):
+            # Shared state is for several HTTP processes; one stdio process keeps its own.
+            print(
+                "danube-mcp: note: DANUBE_MCP_STATE_URL applies to the HTTP transports only; over "
+                "stdio secure-input state stays in this process",
+                file=sys.stderr,
+            )
         listeners = None
         if http_opts is not None:
             from danube_mcp.transports.bind import bind_listeners

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +271,67 @@ def test_id_with_a_lone_surrogate_is_refused_and_the_server_keeps_serving(upstre
         assert raw.recv() == {"jsonrpc": "2.0", "id": 9, "result": {}}
         assert raw.close() == 0
     assert "Traceback" not in raw.err.text()
+
+
+def _piped(lines: list[dict[str, object]], fast_start: str, cache: str, **env: str) -> bytes:
+    """stdout of a server fed ``lines`` and then EOF."""
+    data = b"".join(json.dumps(m, ensure_ascii=False).encode() + b"\n" for m in lines)
+    done = subprocess.run(
+        [sys.executable, "-m", "danube_mcp", *([] if env else ["--sandbox"])],
+        input=data,
+        capture_output=True,
+        env=child_env(DANUBE_MCP_FAST_START=fast_start, DANUBE_MCP_CACHE_DIR=cache, **env),
+        cwd=str(REPO),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+HELLO = {
+    "jsonrpc": "2.0",
+    "id": 0,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def test_the_fast_start_writes_the_same_bytes_as_the_sdk_for_non_ascii_ids(tmp_path: Path) -> None:
+    lines: list[dict[str, object]] = [HELLO, READY, {"jsonrpc": "2.0", "id": "é\u2028ü", "method": "ping"}]
+    cache = str(tmp_path / "cache")
+    _piped(lines, "1", cache)  # the first start records the snapshot the next one answers from
+    assert any((tmp_path / "cache").iterdir())
+    fast, sdk = _piped(lines, "1", cache), _piped(lines, "0", cache)
+    assert (
+        fast.splitlines()[1]
+        == sdk.splitlines()[1]
+        == '{"jsonrpc":"2.0","id":"é\u2028ü","result":{}}'.encode()
+    )
+
+
+def test_two_calls_with_one_id_are_both_answered_before_eof_exit(tmp_path: Path) -> None:
+    """Both calls are still running when stdin closes: the first answer must not end the wait
+    (the EOF wait counts requests per id; a set lost the second of two pings in a review)."""
+    args = {"service_id": "svc_1", "credential_type": "bearer", "credential_value": "sk-CANARY-dup-id-4444"}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "store_credential", "arguments": args},
+    }
+    with FakeUpstream() as up:
+        up.script(Reply(delay=0.3), Reply(delay=0.6))
+        out = _piped(
+            [HELLO, READY, call, call],
+            "0",
+            str(tmp_path),
+            DANUBE_API_URL=up.url,
+            DANUBE_API_KEY="dk_" + "k" * 30,
+        )
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a.get("id") for a in answers] == [0, 1, 1], answers

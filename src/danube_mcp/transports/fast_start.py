@@ -366,7 +366,7 @@ class FastResponder:
             self.expected[private] = message
             obj = {**obj, "id": private}
             self.replay.append(json.dumps(obj).encode())
-            return json.dumps(message, separators=(",", ":")).encode() + b"\n" if message else None
+            return _encode(message) + b"\n" if message else None
         self.replay.append(line)
         return None
 
@@ -470,6 +470,15 @@ class Handoff:
     eof: bool
     needs_sdk: bool  # a line was read that was not answered here
     on_mismatch: Callable[[], None] = lambda: None
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    """Compact JSON as the SDK writes it: non-ASCII text as UTF-8, not escaped (an unpaired
+    surrogate, which UTF-8 cannot carry, stays escaped)."""
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":")).encode()
 
 
 def pipes(*files: Any) -> bool:

@@ -23,7 +23,7 @@ import os
 import queue
 import sys
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO, Final
@@ -373,7 +373,7 @@ async def stdio_transport(
 
     # Requests read but not yet answered: on EOF they are finished (bounded by EOF_GRACE) before
     # the session ends, so `printf ... | danube-mcp` gets every answer it asked for.
-    pending: set[Any] = set()
+    pending: Counter[Any] = Counter()  # by id: a client may reuse an id while the first is running
     settled = [anyio.Event()]  # replaced after each wake-up (anyio events cannot be cleared)
 
     async def pump_in() -> None:
@@ -390,10 +390,10 @@ async def stdio_transport(
                         await io.drain()  # a client that sends junk and never reads cannot grow memory
                     continue
                 if isinstance(parsed.message, types.JSONRPCRequest):
-                    pending.add(parsed.message.id)
+                    pending[parsed.message.id] += 1
                 elif _cancels(parsed.message):
                     # A cancelled request is never answered: do not wait for it at EOF.
-                    pending.discard(_cancelled_id(parsed.message))
+                    pending.pop(_cancelled_id(parsed.message), None)
                 await read_send.send(parsed)
             if pending:
                 with anyio.move_on_after(EOF_GRACE):
@@ -411,7 +411,10 @@ async def stdio_transport(
                     data = out.model_dump_json(by_alias=True, exclude_unset=True).encode()
                     answer = isinstance(out, types.JSONRPCResponse | types.JSONRPCError)
                     if pending and isinstance(out, types.JSONRPCResponse | types.JSONRPCError):
-                        pending.discard(out.id)
+                        if pending[out.id] > 1:
+                            pending[out.id] -= 1
+                        else:
+                            pending.pop(out.id, None)
                         settled[0].set()
                     if answer and replay.expected and replay.swallow(json.loads(data)):
                         continue

@@ -204,7 +204,8 @@ def wait_for_line(
 class HttpServer:
     """``danube-mcp`` serving HTTP as a child process on an ephemeral port."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), *, wait: bool = True) -> None:
+        """With ``wait=False`` the caller starts several and calls :meth:`wait` on each later."""
         self.err = Captured()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "danube_mcp", "--port", "0", *args],
@@ -214,6 +215,12 @@ class HttpServer:
             env=env,
             cwd=str(REPO),
         )
+        self.url = ""
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Until the server says where it listens."""
         self.url = wait_for_line(self.err.text, LISTENING, self.proc)
 
     def stop(self, timeout: float = 10.0) -> int:

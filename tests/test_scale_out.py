@@ -39,7 +39,7 @@ from danube_mcp.secure_input.store import (
     TooManyPending,
 )
 from lb_proxy import RoutingProxy
-from procs import LISTENING, MODERN, REPO, Captured, child_env, modern_meta, wait_for_line
+from procs import MODERN, REPO, Captured, HttpServer, child_env, modern_meta
 from redis_proc import RedisServer, free_port, redis_server
 from upstream import FakeUpstream
 
@@ -374,37 +374,22 @@ def up() -> Iterator[FakeUpstream]:
         yield upstream
 
 
-class Replica:
-    def __init__(self, env: dict[str, str], args: tuple[str, ...]) -> None:
-        self.err = Captured()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "danube_mcp", "--port", "0", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self.err.file,
-            env=env,
-            cwd=str(REPO),
-        )
-        self.url = ""
+class Replica(HttpServer):
+    """A server process started without waiting, so several start side by side."""
 
-    def wait(self) -> None:
-        self.url = wait_for_line(self.err.text, LISTENING, self.proc)
+    def __init__(self, env: dict[str, str], args: tuple[str, ...]) -> None:
+        super().__init__(env, args, wait=False)
 
     @property
     def address(self) -> tuple[str, int]:
         host, port = self.url.removeprefix("http://").rsplit(":", 1)
         return host, int(port)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    def stop(self, timeout: float = 10.0) -> int:
+        code = super().stop(timeout)
         if self.proc.stdout:
             self.proc.stdout.close()
+        return code
 
 
 def server_env(up: FakeUpstream, rds: RedisServer, key_file: Path, **extra: str) -> dict[str, str]:

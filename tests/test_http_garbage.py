@@ -219,8 +219,9 @@ async def test_undecodable_json_gets_400_not_500(s: Served, body: bytes) -> None
         r = await hc.post(s.mcp, content=body, headers=headers)
     s.mark()  # the traceback the 500 logs belongs to this bug, not to the fixture's check
     assert r.status_code == 400
-    # Arrays are refused as batches before any parsing; everything else fails to parse.
-    assert error_body(r)["error"]["code"] == (-32600 if body.startswith(b"[") else -32700)
+    # The 10,000-deep body has 10,000 colons: refused for its value count before any parsing.
+    # Invalid UTF-8 fails to parse.
+    assert error_body(r)["error"]["code"] == (-32600 if body.count(b":") > 1024 else -32700)
 
 
 @pytest.mark.parametrize(
@@ -264,6 +265,48 @@ async def test_json_that_is_not_json_rpc_gets_400(s: Served, obj: Any) -> None:
     assert r.status_code == 400
     assert error_body(r)["error"]["code"] in (-32600, -32602)
     assert_no_echo(r)
+    await assert_serving(s)
+
+
+MODERN_HEADERS = {
+    **JSON_HEADERS,
+    "mcp-protocol-version": "2026-07-28",
+    "mcp-method": "tools/call",
+    "mcp-name": "store_credential",
+}
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def padded_call(rid: int, pad: Any, modern: bool) -> dict[str, Any]:
+    body = call_body(rid, {**GOOD_ARGS, "pad": pad})
+    if modern:
+        body["params"]["_meta"] = MODERN_META
+    return body
+
+
+@pytest.mark.parametrize("modern", [False, True], ids=["initialize-era", "2026"])
+async def test_a_body_of_too_many_values_is_refused_before_parsing(s: Served, modern: bool) -> None:
+    # ~1,100 tiny values (well under the size limit): refused with 400 before either parse.
+    headers_for = (lambda h: MODERN_HEADERS) if modern else (lambda h: h)
+    async with raw_session(s) as (hc, headers):
+        many = await hc.post(s.mcp, json=padded_call(21, [0] * 1100, modern), headers=headers_for(headers))
+        # The same count of commas and colons inside a string is not structure: the call is served
+        # and the tool names the unknown argument.
+        inside = await hc.post(s.mcp, json=padded_call(22, ",:" * 1100, modern), headers=headers_for(headers))
+    assert many.status_code == 400
+    assert error_body(many)["error"] == {
+        "code": -32600,
+        "message": "Invalid Request: more JSON values than any MCP request holds",
+    }
+    assert_no_echo(many)
+    assert inside.status_code == 200
+    is_json = inside.headers["content-type"].startswith("application/json")
+    msg = inside.json() if is_json else sse_result(inside)
+    assert msg["id"] == 22 and msg["result"]["isError"] is True
+    assert "pad" in msg["result"]["content"][0]["text"] and CANARY not in inside.text
     await assert_serving(s)
 
 

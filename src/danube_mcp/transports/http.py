@@ -41,7 +41,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 
 from danube_mcp.backend import Backend, open_backend
 from danube_mcp.config import ConfigError, Settings, is_placeholder, load_settings
-from danube_mcp.jsonutil import loads_strict
+from danube_mcp.jsonutil import loads_strict, separators_over
 from danube_mcp.logs import SECRETS
 from danube_mcp.secure_input import PATH_PREFIX as SECURE_INPUT_PREFIX
 from danube_mcp.secure_input import SecureInputBroker
@@ -61,6 +61,11 @@ HEALTH_PATH: Final = "/healthz"
 # A tools/call carries at most a 16 KiB value and a short service id: 64 KiB is four times what
 # any valid request needs, and small enough that parsing it never holds the event loop.
 MAX_BODY_BYTES: Final = 64 * 1024
+# Commas and colons outside strings, i.e. about how many JSON values a body holds. The largest
+# request a client sends (an initialize with every capability, a 2026 call with its _meta) needs
+# under a hundred; refusing more before parsing keeps a 64 KiB body of tiny values (~32,000 of
+# them, ~4 ms to parse and validate twice) from holding the event loop.
+MAX_JSON_SEPARATORS: Final = 1024
 CLIENT_KEY_HEADER: Final = "danube-api-key"
 PROTOCOL_VERSION_META: Final = "io.modelcontextprotocol/protocolVersion"
 HEADER_MISMATCH: Final = -32020
@@ -212,9 +217,10 @@ def _parse_body(
     """Cheap checks on a POST body before the SDK parses it: ((status, code, message) or None,
     the parsed message or None).
 
-    Arrays (batches) are refused before any parsing; the body is parsed once here, with nesting
-    bounded; on a path that is served (``served``), an object whose ``jsonrpc`` is not "2.0" is
-    refused here rather than parsed again by the SDK; a 2026-07-28 body must name the same
+    Arrays (batches) and bodies of more than ``MAX_JSON_SEPARATORS`` values are refused before
+    any parsing; the body is parsed once here, with nesting bounded; on a path that is served
+    (``served``), an object whose ``jsonrpc`` is not "2.0" is refused here rather than parsed
+    again by the SDK; a 2026-07-28 body must name the same
     revision as its MCP-Protocol-Version header. No message ever quotes the body.
     """
     start = body.lstrip()[:1]
@@ -222,6 +228,9 @@ def _parse_body(
         return None, None  # an empty body is left to the SDK to refuse
     if start == b"[":
         return (400, -32600, "Invalid Request: batches are not supported"), None
+    if separators_over(body, MAX_JSON_SEPARATORS):
+        # Bounds what the two parses of a body the SDK serves (ours, then its own) can build.
+        return (400, -32600, "Invalid Request: more JSON values than any MCP request holds"), None
     try:
         message = loads_strict(body)
     except ValueError:

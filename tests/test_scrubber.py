@@ -97,6 +97,19 @@ def test_no_encoded_form_survives(secret: str, encoding: str) -> None:
     assert_nothing_recoverable(out)
 
 
+@pytest.mark.parametrize("value", ["ab", "é", "a1"])
+@pytest.mark.parametrize("encoding", [e for e in ENCODINGS if e.startswith(("b64", "basic-"))])
+def test_a_value_of_a_byte_or_two_does_not_switch_off_the_keys_base64_check(
+    value: str, encoding: str
+) -> None:
+    # Such a value has no base64 piece of its own; it once set the shortest piece looked for to 0,
+    # which turned the base64 look-up off for the API key too.
+    echoed = ENCODINGS[encoding](KEY)
+    out = Scrubber((KEY, value))(f"upstream said: {echoed}")
+    assert out == REDACTED
+    assert_nothing_recoverable(out, (KEY,))
+
+
 def assert_nothing_recoverable(out: str, secrets: tuple[str, ...] = SECRETS) -> None:
     """Whatever is left holds no form of any secret this test file knows how to make."""
     for secret in secrets:

@@ -248,8 +248,11 @@ class _Probes:
         self.hexes = frozenset(hexes)
         self.norms = frozenset(norms)
         self._b64: tuple[_Pieces, ...] | None = None
-        # The shortest base64 piece looked for: shorter runs need not wake the base64 check.
-        self.b64_min = min((_b64_min_len(len(s.encode()), whole) for s, whole in secrets), default=0)
+        # The shortest base64 piece looked for: shorter runs need not wake the base64 check. A
+        # secret too short to have any piece (0: a value of a byte or two) must not switch the
+        # check off for the others (the key).
+        lengths = (_b64_min_len(len(s.encode()), whole) for s, whole in secrets)
+        self.b64_min = min((n for n in lengths if n), default=0)
 
     def b64(self) -> tuple[_Pieces, ...]:
         if self._b64 is None:  # only once some text had a run that may be base64

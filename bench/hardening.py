@@ -1,9 +1,10 @@
 """Hostile-load figures of the HTTP server (issue 12 "How it is proven", issue 16's /healthz bullet):
 
 (a) ``/healthz`` latency (p50/p99/max) on its own keep-alive connection, idle and while N clients send
-    worst-case bodies nonstop from another process: the largest body the server accepts as valid JSON
-    but not JSON-RPC (parsed in full, then refused), nesting near the limit, many keys, escaped strings,
-    and top-level arrays (refused before parsing); half of them as 2026-07-28 requests;
+    worst-case bodies nonstop from another process: the largest body of tiny values and one of many
+    keys (refused by the value count before parsing), nesting near the limit, escaped strings, the most
+    values the count lets through padded with escapes (parsed in full, then refused), and top-level
+    arrays (refused before parsing); half of them as 2026-07-28 requests;
 (b) an ``initialize`` flood on a loopback bind: sessions opened (counted from the answers), statuses,
     server RSS before/after/peak, once without any key (one caller identity) and once with a different
     ``danube-api-key`` on every request (a new identity each time), and whether a fresh client can
@@ -71,7 +72,11 @@ def worst_bodies(limit: int = MAX_BODY) -> dict[str, bytes]:
     keys = b"{" + b",".join(b'"k%05d":0' % i for i in range(room // 11)) + b"}"
     escaped = b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"s":"' + b"\\u00e9" * (room // 6 - 20) + b'"}}'
     array = b"[" + b"{}," * (room // 3 - 1) + b"{}]"
-    out = {"flat": flat, "deep": deep, "keys": keys, "escaped": escaped, "array": array}
+    # As many values as the server's pre-parse count lets through (1,024 commas and colons), the
+    # rest of the room an escaped string: the costliest body that reaches both parses.
+    head = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"pad":[' + b"0," * 1000 + b'0],"s":"'
+    counted = head + b"\\u00e9" * ((room - len(head)) // 6 - 1) + b'"}}'
+    out = {"flat": flat, "deep": deep, "keys": keys, "escaped": escaped, "array": array, "counted": counted}
     for name, body in out.items():
         assert len(body) <= limit, (name, len(body))
         json.loads(body)

@@ -17,7 +17,7 @@ from mcp import types
 
 from danube_mcp.sandbox import DEMO_API_KEY
 from danube_mcp.secure_input.state import StateError, StateSealer
-from procs import MODERN, child_env, http_server, mcp_http
+from procs import MODERN, child_env, http_server, mcp_http, mcp_sse
 from test_secure_input import (
     ARGS,
     SERVICE,
@@ -415,14 +415,20 @@ async def test_a_cancelled_retry_closes_its_page(tmp_path: Path) -> None:
     assert stored_value(tmp_path / "s.db") is None
 
 
-async def test_two_sessions_with_the_same_credentials_do_not_share_links(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_two_sessions_with_the_same_credentials_do_not_share_links(
+    tmp_path: Path, transport: str
+) -> None:
+    # Streamable HTTP names its session in a header, legacy SSE in the /messages/ query string.
     env = child_env(DANUBE_MCP_AUTH_TOKEN=TOKEN)
     team = {"authorization": f"Bearer {TOKEN}"}
+    connect = (
+        (lambda url: mcp_http(f"{url}/mcp", headers=team))
+        if transport != "sse"
+        else (lambda url: mcp_sse(f"{url}/sse", headers=team))
+    )
     with http_server(env, http_args(tmp_path)) as srv:
-        async with (
-            mcp_http(f"{srv.url}/mcp", headers=team) as a,
-            mcp_http(f"{srv.url}/mcp", headers=team) as b,
-        ):
+        async with connect(srv.url) as a, connect(srv.url) as b:
             a_first = await a.call_tool("store_credential", ARGS)
             b_first = await b.call_tool("store_credential", ARGS)
             assert a_first.structured_content is not None and b_first.structured_content is not None

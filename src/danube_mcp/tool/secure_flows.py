@@ -92,7 +92,14 @@ def caller_of(ctx: Any) -> str:
     identity = getattr(getattr(user, "access_token", None), "client_id", None)
     if not isinstance(identity, str) or not identity:
         raise UnidentifiedCaller
-    session = request.headers.get("mcp-session-id") if not is_modern(ctx) else None
+    session = None
+    if not is_modern(ctx):
+        # Streamable HTTP names its session in a header; legacy SSE posts to /messages/ with the
+        # session in the query string (checked by the app: exactly one, a UUID in hex; the path is
+        # transports.http.MESSAGES_PATH).
+        session = request.headers.get("mcp-session-id")
+        if session is None and isinstance(scope, dict) and scope.get("path") == "/messages/":
+            session = request.query_params.get("session_id")
     return f"{identity}/{session}" if session else identity
 
 

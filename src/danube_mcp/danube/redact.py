@@ -34,6 +34,9 @@ from urllib.parse import quote, quote_plus, unquote
 
 REDACTED: Final = "[REDACTED]"
 MAX_MESSAGE_CHARS: Final = 300
+# How much of an upstream text is read at all: a few hundred characters are shown, and checking a
+# quarter of a megabyte of base64 or masks would hold the event loop for a good part of a second.
+MAX_SCRUBBED_CHARS: Final = 4096
 # A run of this many characters of a secret of at least twice that length counts as a leak.
 FRAGMENT: Final = 8
 # Shortest piece of a short secret (fewer than 2 * FRAGMENT letters and digits) that counts.
@@ -397,8 +400,9 @@ def clean_message(text: str, scrubber: Scrubber) -> str:
 
 def clean_or_none(text: str, scrubber: Scrubber) -> str | None:
     """One bounded, printable line with no secret in it, or None if the text had to be dropped."""
-    # Scrub before reshaping: collapsing whitespace could otherwise break an exact match.
-    raw = scrubber.safe(str(text))
+    # Scrub before reshaping: collapsing whitespace could otherwise break an exact match. Only
+    # the start is read; what is shown comes from it, and all of it is checked.
+    raw = scrubber.safe(str(text)[:MAX_SCRUBBED_CHARS])
     if raw is None:
         return None
     line = " ".join(raw.split())  # one line: no newlines or control runs
@@ -410,5 +414,7 @@ def clean_or_none(text: str, scrubber: Scrubber) -> str | None:
             return None
         line = line2
     if len(line) > MAX_MESSAGE_CHARS:
-        line = line[: MAX_MESSAGE_CHARS - 3] + "..."
+        # Checked again: the "..." is a mask of its own, and the cut may have left a secret's
+        # first characters right before it ("... dk_live" + "...").
+        return scrubber.safe(line[: MAX_MESSAGE_CHARS - 3] + "...")
     return line

@@ -1,0 +1,41 @@
+"""The upstream-echo scrubber against combined encodings and awkward secrets (issue 12, item 5).
+
+tests/test_scrubber.py covers each encoding of a well-shaped secret. Here the secrets have awkward
+shapes (very short, mostly punctuation, non-ASCII, one inside another) and the echoes chain
+encodings (base64 of another case, hex of a percent-encoded value, base64 in groups...). The
+named tests are findings of a review: each failed before its fix. The property test decodes the
+scrubbed text itself, independently of the scrubber, and looks for what must not be there.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from danube_mcp.danube.redact import MAX_MESSAGE_CHARS, Scrubber, clean_or_none
+
+KEY = "sk-CANARY-KEY-7f3a9c2e41b8d6057a1c3e9f"  # 40 characters
+VALUE = "CanaryValue-93kd8Qz2-ñ"  # 22 characters, one non-ASCII
+DK_KEY = "dk_live_7Hq2Lm9xCANARYv4Rt8Wp3Zs6Nb1Yc5K"  # holds "CANARY" in its middle
+PUNCT = "!@#$%^&*()_+"  # a credential value of punctuation only (12 characters)
+
+
+def b64(data: str | bytes, *, urlsafe: bool = False) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(raw).decode()
+
+
+def dropped(text: str, secrets: tuple[str, ...]) -> bool:
+    return clean_or_none(text, Scrubber(secrets)) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Findings (each failed before its fix)
+
+
+def test_truncation_does_not_make_a_masked_form() -> None:
+    """A long text was cut to 297 characters plus "..." without a second look: the cut could
+    leave the key's first characters right before the "...", the shape of a masked key."""
+    text = "y " * 145 + DK_KEY[:7] + "zzzz tail"  # "dk_live" ends at character 297
+    assert len(text) > MAX_MESSAGE_CHARS
+    assert clean_or_none(text, Scrubber((DK_KEY, VALUE))) is None
+    assert clean_or_none(text, Scrubber(("sk-OTHER-KEY-00000000000000000000", VALUE))) is not None

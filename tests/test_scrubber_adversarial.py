@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 from danube_mcp.danube.redact import MAX_MESSAGE_CHARS, Scrubber, clean_or_none
 
 KEY = "sk-CANARY-KEY-7f3a9c2e41b8d6057a1c3e9f"  # 40 characters
@@ -30,6 +32,21 @@ def dropped(text: str, secrets: tuple[str, ...]) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # Findings (each failed before its fix)
+
+
+@pytest.mark.parametrize("mask", ["＊＊＊＊", "∗∗∗∗", "████", "■■■■", "~~~~", "____", "----", "⋯"])
+def test_masks_of_other_characters_are_dropped(mask: str) -> None:
+    """Only ``*•●·#x``, dots and the ellipsis counted as a mask: fullwidth stars, block characters
+    and the like showed the key's last four (or first characters) freely."""
+    assert dropped(f"invalid key {mask}{KEY[-4:]}", (KEY, VALUE))
+    assert dropped(f"invalid key {KEY[:7]}{mask} here", (KEY, VALUE))
+
+
+@pytest.mark.parametrize("masked", ["****Qz2-ñ", "…Qz2-ñ", "****z2ñ"])
+def test_masked_forms_of_a_value_with_separators_or_non_ascii_are_dropped(masked: str) -> None:
+    """The visible end of a mask was read as ASCII letters and digits up to the first separator:
+    ``Qz2-ñ`` gave ``qz2``, which is not how the value ends (``qz2ñ``), and ``z2ñ`` gave ``z2``."""
+    assert dropped(f"value {masked}", (KEY, VALUE))
 
 
 def test_truncation_does_not_make_a_masked_form() -> None:

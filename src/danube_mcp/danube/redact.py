@@ -53,9 +53,10 @@ _HEX_RUN: Final = re.compile(r"[0-9a-f]{8,}")
 _BACKSLASH_ESC: Final = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([nrtbf]))")
 _SIMPLE_ESC: Final = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
 # A mask (a run of mask characters, an ellipsis) and the visible parts either side of it.
-_MASK: Final = re.compile(r"[*•●·#x]{3,}|\.{2,}|…|\[redacted\]|<redacted>")
-_HEAD: Final = re.compile(r"([0-9a-z_-]+)[\s:=]*$")
-_TAIL: Final = re.compile(r"[\s:=_-]*([0-9a-z]+)")
+_MASK: Final = re.compile(r"[*•●·#x∗∙⋅◦○■□▪▫◼◻◾◽█▓▒░~_-]{3,}|\.{2,}|[…⋯]|\[redacted\]|<redacted>")
+# The visible parts: letters and digits in any script, with the separators a key has inside.
+_HEAD: Final = re.compile(r"([\w.-]+)[\s:=]*$")
+_TAIL: Final = re.compile(r"[\s:=_-]*([\w.-]+)")
 # Separators a gentle normal form removes: whitespace, dashes, zero-width and other format chars.
 _GENTLE_DROP: Final = frozenset("\u200b\u200c\u200d\u2060\ufeff\u00ad")
 # Removed before looking for base64: format characters (whitespace is kept, so words stay apart;
@@ -300,15 +301,19 @@ class _Probes:
 
     def _masked(self, decoded: str) -> bool:
         """A masked form (``sk-...abcd``, ``****abcd``) that shows a secret's first or last chars."""
+        if not decoded.isascii():
+            decoded = unicodedata.normalize("NFKC", decoded)  # fullwidth stars, "‥"
         folded = decoded.casefold()
         for m in _MASK.finditer(folded):
             before = _HEAD.search(folded, max(0, m.start() - 64), m.start())
             head = alnum_form(before.group(1)) if before else ""
-            if len(head) >= 4 and any(n.startswith(head) for n in self.norms):
+            # The shown start may follow a word of its own ("key=sk-CANA", "id.sk-CANA").
+            if any(n.startswith(head[i:]) for i in range(len(head) - 3) for n in self.norms):
                 return True
-            after = _TAIL.match(folded, m.end())
-            tail = after.group(1) if after else ""
-            if len(tail) >= 3 and any(n.endswith(tail) for n in self.norms):
+            after = _TAIL.match(folded, m.end(), m.end() + 64)
+            tail = alnum_form(after.group(1)) if after else ""
+            # The shown end may be followed by a word of its own ("****3e9f.x", "…Qz2-ñ").
+            if any(n.endswith(tail[:i]) for i in range(3, len(tail) + 1) for n in self.norms):
                 return True
         return False
 

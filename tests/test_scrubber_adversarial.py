@@ -49,6 +49,18 @@ def test_masked_forms_of_a_value_with_separators_or_non_ascii_are_dropped(masked
     assert dropped(f"value {masked}", (KEY, VALUE))
 
 
+@pytest.mark.parametrize("piece", [PUNCT[:8], PUNCT[3:], PUNCT[2:10]])
+def test_pieces_of_a_punctuation_value_are_dropped(piece: str) -> None:
+    """A value of punctuation was looked for whole only (its letters-and-digits form is empty):
+    eight of its twelve characters went through."""
+    assert dropped(f"bad value '{piece}' here", (KEY, PUNCT))
+
+
+def test_hex_of_a_punctuation_value_is_dropped() -> None:
+    """Its hex was not looked for at all (only secrets with four letters or digits had one)."""
+    assert dropped(f"bad value {PUNCT.encode().hex()}", (KEY, PUNCT))
+
+
 def test_truncation_does_not_make_a_masked_form() -> None:
     """A long text was cut to 297 characters plus "..." without a second look: the cut could
     leave the key's first characters right before the "...", the shape of a masked key."""

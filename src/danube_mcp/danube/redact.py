@@ -230,25 +230,27 @@ class _Probes:
         # Raw FRAGMENT-long pieces of long secrets (catches pieces that are mostly punctuation).
         self.raw = _group((FRAGMENT, s) for s in plain if len(s) >= 2 * FRAGMENT)
         alnum: list[tuple[int, str]] = []
-        gentle: set[str] = set()
+        gentle: list[tuple[int, str]] = []
         hexes: set[str] = set()
         norms: set[str] = set()
         for s, whole in secrets:
             norm = alnum_form(s)
+            if len(s.encode()) >= 4:  # punctuation-only secrets have a hex form too
+                hexes.add(s.encode().hex())
             if len(norm) < MIN_ALNUM or len(norm) * 2 < len(s.strip()):
+                # Mostly punctuation: pieces count as for any short secret, not only the whole.
                 g = _gentle_form(s)
                 if g:
-                    gentle.add(g)
+                    gentle.append((len(g) if whole else _fragment_len(len(g)), g))
             if len(norm) < MIN_ALNUM:
                 continue
             alnum.append(
                 (len(norm) if whole and len(norm) < 2 * FRAGMENT else _fragment_len(len(norm)), norm)
             )
-            hexes.add(s.encode().hex())
             if len(norm) >= 8:
                 norms.add(norm)
         self.alnum = _group(alnum)
-        self.gentle = frozenset(gentle)
+        self.gentle = _group(gentle) if gentle else ()
         self.hexes = frozenset(hexes)
         self.norms = frozenset(norms)
         self._b64: tuple[_Pieces, ...] | None = None
@@ -286,7 +288,7 @@ class _Probes:
             return True
         if self.gentle:
             gentle = _gentle_form(decoded)
-            if any(g in gentle for g in self.gentle):
+            if any(p.found_in(gentle) for p in self.gentle):
                 return True
         if _HEX_RUN.search(alnum) and any(self.hit(c) for c in _hex_runs(alnum)):
             return True

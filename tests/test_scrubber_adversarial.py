@@ -13,7 +13,7 @@ import base64
 
 import pytest
 
-from danube_mcp.danube.redact import MAX_MESSAGE_CHARS, Scrubber, clean_or_none
+from danube_mcp.danube.redact import MAX_MESSAGE_CHARS, REDACTED, Scrubber, clean_or_none
 
 KEY = "sk-CANARY-KEY-7f3a9c2e41b8d6057a1c3e9f"  # 40 characters
 VALUE = "CanaryValue-93kd8Qz2-ñ"  # 22 characters, one non-ASCII
@@ -59,6 +59,23 @@ def test_pieces_of_a_punctuation_value_are_dropped(piece: str) -> None:
 def test_hex_of_a_punctuation_value_is_dropped() -> None:
     """Its hex was not looked for at all (only secrets with four letters or digits had one)."""
     assert dropped(f"bad value {PUNCT.encode().hex()}", (KEY, PUNCT))
+
+
+def test_a_secret_inside_another_does_not_hide_a_piece_of_the_outer_one() -> None:
+    """The value "CANARY" is inside the key. Replacing it with the marker cut a 20-character piece
+    of the key into two 7-character halves, each too short to count; the caller, who knows the
+    value, reads the piece whole."""
+    piece = DK_KEY[9:29]  # "Hq2Lm9x" + "CANARY" + "v4Rt8Wp"
+    assert "CANARY" in piece
+    assert dropped(f"key fragment {piece} unknown", (DK_KEY, "CANARY"))
+    # and the value alone is still only replaced
+    assert clean_or_none("service CANARY not found", Scrubber((DK_KEY, "CANARY"))) == (
+        f"service {REDACTED} not found"
+    )
+    # the same with an inner secret long enough to be a piece of the outer one by itself
+    inner = DK_KEY[14:26]
+    assert dropped(f"key fragment {DK_KEY[7:33]} unknown", (DK_KEY, inner))
+    assert clean_or_none(f"value {inner} rejected", Scrubber((DK_KEY, inner))) == f"value {REDACTED} rejected"
 
 
 def test_truncation_does_not_make_a_masked_form() -> None:

@@ -132,6 +132,42 @@ def _hex_runs(alnum: str) -> list[str]:
     return out
 
 
+def _holds(outer: str, inner: str, forms: set[str]) -> bool:
+    """Whether ``outer`` holds one of ``inner``'s verbatim forms (the escaped ones have \\, % or +)."""
+    if inner in outer:
+        return True
+    return ("\\" in outer or "%" in outer or "+" in outer) and any(v in outer for v in forms)
+
+
+def _straddled(text: str, probes: _Probes) -> bool:
+    """Whether a verbatim form of a secret held inside another stands in ``text`` between
+    characters of the outer one ("Hq2Lm9x" CANARY "v4Rt8Wp"): replaced by the marker, it would
+    leave two pieces each too short to count, which whoever knows the inner one joins up."""
+    for outer in probes.outer:  # whole occurrences of the outer secret go first, as in safe()
+        text = text.replace(outer, REDACTED)
+    for inner, outer, places in probes.nested:
+        at = text.find(inner)
+        while at >= 0:
+            end = at + len(inner)
+            for p in places:
+                before = _common(reversed(text[max(0, at - FRAGMENT) : at]), reversed(outer[:p]))
+                after = _common(text[end : end + FRAGMENT], outer[p + len(inner) :])
+                if before + after >= 2 and before + after + len(inner) >= FRAGMENT:
+                    return True
+            at = text.find(inner, at + 1)
+    return False
+
+
+def _common(a: Iterable[str], b: Iterable[str]) -> int:
+    """How many characters two strings share from their start, case aside."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y and x.casefold() != y.casefold():
+            break
+        n += 1
+    return n
+
+
 def _b64_spans(n: int) -> list[tuple[int, int, int]]:
     """For an ``n``-byte secret after ``k`` bytes of anything (k = 0, 1, 2: every alignment), the
     base64 characters whose six bits all come from the secret: (k, first, end)."""
@@ -221,12 +257,25 @@ class _Probes:
     ``secrets`` pairs each secret with ``whole``: when true, a secret shorter than ``2 * FRAGMENT``
     letters and digits counts only whole, not in pieces (see :meth:`Scrubber.for_fields`)."""
 
-    __slots__ = ("_b64", "alnum", "b64_min", "gentle", "hexes", "norms", "raw", "secrets", "variants")
+    __slots__ = (
+        "_b64",
+        "alnum",
+        "b64_min",
+        "gentle",
+        "hexes",
+        "nested",
+        "norms",
+        "outer",
+        "raw",
+        "secrets",
+        "variants",
+    )
 
     def __init__(self, secrets: list[tuple[str, bool]]) -> None:
         plain = [s for s, _ in secrets]
         self.secrets = secrets
-        self.variants = sorted({v for s in plain for v in _variants(s)}, key=len, reverse=True)
+        forms = {s: _variants(s) for s in plain}
+        self.variants = sorted(set().union(*forms.values()), key=len, reverse=True)
         # Raw FRAGMENT-long pieces of long secrets (catches pieces that are mostly punctuation).
         self.raw = _group((FRAGMENT, s) for s in plain if len(s) >= 2 * FRAGMENT)
         alnum: list[tuple[int, str]] = []
@@ -259,6 +308,19 @@ class _Probes:
         # check off for the others (the key).
         lengths = (_b64_min_len(len(s.encode()), whole) for s, whole in secrets)
         self.b64_min = min((n for n in lengths if n), default=0)
+        # A secret holding another's verbatim form ("dk_...x7CANARYv4..." holding "CANARY"): the
+        # marker that replaces the inner one would cut a piece of the outer one into parts too
+        # short to count, while whoever knows the inner one reads it whole (see Scrubber.safe).
+        self.nested = [
+            (v, w, tuple(m.start() for m in re.finditer(f"(?={re.escape(v)})", w)))
+            for s in plain
+            for t in plain
+            if t != s and _holds(s, t, forms[t])
+            for w in forms[s]
+            for v in forms[t]
+            if len(v) >= MIN_FRAGMENT and v in w
+        ]
+        self.outer = sorted({w for _, w, _ in self.nested}, key=len, reverse=True)
 
     def b64(self) -> tuple[_Pieces, ...]:
         if self._b64 is None:  # only once some text had a run that may be base64
@@ -360,6 +422,8 @@ class Scrubber:
     def safe(self, text: str) -> str | None:
         """``text`` with verbatim secrets replaced by the marker, or None if anything is left."""
         probes = self._probes or self._prepare()
+        if probes.nested and _straddled(text, probes):
+            return None
         for variant in probes.variants:
             if variant in text:
                 if len(variant) < MIN_FRAGMENT:  # a letter or two: replacing would shred the text

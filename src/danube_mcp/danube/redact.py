@@ -8,10 +8,16 @@ zero-width characters, masked (``sk-...abcd``) or cut short. Two passes:
 1. every verbatim occurrence (raw, JSON-escaped, URL-encoded) is replaced by a marker, keeping the
    rest of the text readable;
 2. what is left is *normalised once* (entities, JSON and percent escapes decoded, NFKC, casefolded,
-   everything but letters and digits removed; hex runs decoded alongside) and checked with
-   substring look-ups against pieces of each secret computed once per call; base64 is matched
-   against the secret's own base64 at its three byte alignments, without decoding anything. Any
-   hit, or a masked form that shows a secret's first or last characters, drops the text whole.
+   everything but letters and digits removed) and checked with substring look-ups against pieces
+   of each secret computed once per call; base64 is matched against the secret's own base64 at
+   its three byte alignments, without decoding anything. Any hit, or a masked form that shows a
+   secret's first or last characters, drops the text whole. Text hidden in hex runs and in
+   base64-looking runs (those with a digit or an inner capital) is decoded and put through the
+   same check, two levels deep: base64 of the key in another case, hex of a percent-encoded
+   value, base64 of base64.
+
+A secret that holds another's verbatim form is a special case of pass 1: the inner one's marker
+must not leave the outer one's characters on both sides of it (see ``_straddled``).
 
 Pieces are ``FRAGMENT`` letters and digits of a long secret, or about 60 % (at least 4) of a short
 one. Each lookup first tries a few half-length blocks with ``in`` (C speed), so a text that holds
@@ -23,6 +29,7 @@ When in doubt the text is dropped: a neutral marker is cheaper than a leaked key
 from __future__ import annotations
 
 import base64
+import binascii
 import html
 import json
 import math
@@ -45,10 +52,23 @@ MIN_FRAGMENT: Final = 4
 MIN_ALNUM: Final = 4
 
 # Runs that may be base64 (standard or URL-safe alphabet, padding optional) or hex.
-_B64_RUN: Final = re.compile(r"[A-Za-z0-9+/_-]{6,}")
+_B64_RUN: Final = re.compile(r"[A-Za-z0-9+/_-]{4,}")
 # FRAGMENT bytes at any alignment fix at least this many base64 characters.
 _B64_FRAGMENT: Final = (FRAGMENT * 4) // 3 - 1
 _HEX_RUN: Final = re.compile(r"[0-9a-f]{8,}")
+# Base64 runs, and runs wrapped or grouped with whitespace (``c2st Q0FO ...``), to be decoded.
+# Only runs with a hint (a digit, or a capital after a letter) are: base64 of text has one within
+# a few characters, and decoding every word of an ordinary message would double what a call costs.
+_B64_CHAIN: Final = re.compile(r"[A-Za-z0-9+/_-]{2,}={0,2}(?:[ \t\r\n]+[A-Za-z0-9+/_-]{2,}={0,2})*")
+# A digit, or a capital after another base64 character (one charset first: the fast scan).
+_B64_HINT: Final = re.compile(r"[A-Z0-9](?:(?<=[A-Za-z0-9+/_-][A-Z])|(?<=[0-9]))")
+# Decoded bytes worth a look: as many characters in a row as the smallest piece looked for, none
+# of them a control character or undecodable (noise decoded from ordinary words has few such runs).
+_TEXTLIKE: Final = {
+    n: re.compile(rf"[^\ufffd\x00-\x08\x0e-\x1f\x7f]{{{n},}}") for n in range(2, FRAGMENT + 1)
+}
+# How many encodings deep (base64 or hex, inside each other) decoded text is checked again.
+_DEPTH: Final = 2
 # JSON / Python style escapes an upstream may leave in text.
 _BACKSLASH_ESC: Final = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([nrtbf]))")
 _SIMPLE_ESC: Final = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
@@ -120,16 +140,49 @@ def _gentle_form(text: str) -> str:
     )
 
 
-def _hex_runs(alnum: str) -> list[str]:
-    """Text hidden in hex runs (either nibble alignment), as letters-and-digits forms."""
+def _hex_decoded(alnum: str, textlike: re.Pattern[str]) -> str:
+    """Text hidden in hex runs (either nibble alignment; ``0x`` prefixes dropped), decoded, the
+    runs' texts joined: checked again as a whole, so an encoding inside (percent, entities, base64,
+    another case) is undone there too."""
+    if "0x" in alnum:
+        alnum = alnum.replace("0x", "")
     out: list[str] = []
     for m in _HEX_RUN.finditer(alnum):
         run = m.group()
         for off in (0, 1):
             part = run[off:]
             part = part[: len(part) - len(part) % 2]
-            out.append(alnum_form(bytes.fromhex(part).decode("utf-8", "replace")))
-    return out
+            out.append(bytes.fromhex(part).decode("utf-8", "replace"))
+    return " | ".join(t for t in out if textlike.search(t))
+
+
+def _b64_decoded(compact: str, shortest: int, textlike: re.Pattern[str]) -> str:
+    """Text hidden in base64 (either alphabet, padding optional, in groups split by whitespace
+    when each group but the last is a whole number of quanta), decoded and joined as above.
+    Groups shorter than ``shortest`` characters are not decoded."""
+    if not _B64_HINT.search(compact):
+        return ""
+    runs: list[str] = []
+    for chain in _B64_CHAIN.findall(compact):
+        if len(chain) < shortest or not _B64_HINT.search(chain):
+            continue
+        tokens = chain.split()
+        if len(tokens) == 1:
+            runs.append(chain)
+            continue
+        group: list[str] = []
+        for tok in tokens:
+            group.append(tok)
+            if len(tok) % 4 or tok[-1] == "=":  # else a whole number of quanta: it may go on
+                runs.append("".join(group))
+                group = []
+        if group:
+            runs.append("".join(group))
+    out: list[str] = []
+    for run in runs:
+        if len(run) >= shortest and _B64_HINT.search(run):
+            out += [t for t in _b64_texts(run) if textlike.search(t)]
+    return " | ".join(out)
 
 
 def _holds(outer: str, inner: str, forms: set[str]) -> bool:
@@ -166,6 +219,20 @@ def _common(a: Iterable[str], b: Iterable[str]) -> int:
             break
         n += 1
     return n
+
+
+def _b64_texts(run: str) -> Iterator[str]:
+    """``run`` decoded as base64 from each of its first four characters (a word may be glued on
+    in front: "Basic+dXNl", "key_c2st"), padding or no padding."""
+    if "-" in run or "_" in run:
+        run = run.replace("-", "+").replace("_", "/")
+    if "=" in run:
+        run = run.replace("=", "")
+    for i in range(4):
+        part = run[i:]
+        cut = len(part) % 4
+        part = part[:-1] if cut == 1 else part + "=" * (-cut % 4)
+        yield binascii.a2b_base64(part).decode("utf-8", "replace")
 
 
 def _b64_spans(n: int) -> list[tuple[int, int, int]]:
@@ -260,6 +327,7 @@ class _Probes:
     __slots__ = (
         "_b64",
         "alnum",
+        "b64_decode_min",
         "b64_min",
         "gentle",
         "hexes",
@@ -268,6 +336,7 @@ class _Probes:
         "outer",
         "raw",
         "secrets",
+        "textlike",
         "variants",
     )
 
@@ -308,6 +377,11 @@ class _Probes:
         # check off for the others (the key).
         lengths = (_b64_min_len(len(s.encode()), whole) for s, whole in secrets)
         self.b64_min = min((n for n in lengths if n), default=0)
+        # Decoded text shorter than the smallest piece looked for (in bytes: a character is at
+        # least one) cannot hold one: base64 runs shorter than its encoding are not decoded.
+        sizes = [p.size for p in (*self.alnum, *self.gentle)] + [7] * bool(norms or self.raw)
+        self.b64_decode_min = max(3, -(-4 * min(sizes, default=1) // 3))
+        self.textlike = _TEXTLIKE[min(FRAGMENT, max(2, min(sizes, default=2)))]
         # A secret holding another's verbatim form ("dk_...x7CANARYv4..." holding "CANARY"): the
         # marker that replaces the inner one would cut a piece of the outer one into parts too
         # short to count, while whoever knows the inner one reads it whole (see Scrubber.safe).
@@ -340,8 +414,9 @@ class _Probes:
     def hit(self, candidate: str) -> bool:
         return any(p.found_in(candidate) for p in self.alnum)
 
-    def leaks(self, text: str) -> bool:
-        """Whether ``text`` (already stripped of verbatim forms) still holds a recoverable form."""
+    def leaks(self, text: str, depth: int = _DEPTH) -> bool:
+        """Whether ``text`` (already stripped of verbatim forms) still holds a recoverable form.
+        Text decoded from hex or base64 runs is checked again the same way, ``depth`` levels."""
         if any(p.found_in(text) for p in self.raw):
             return True
         decoded = _decode_layers(text)
@@ -352,8 +427,10 @@ class _Probes:
             gentle = _gentle_form(decoded)
             if any(p.found_in(gentle) for p in self.gentle):
                 return True
-        if _HEX_RUN.search(alnum) and any(self.hit(c) for c in _hex_runs(alnum)):
-            return True
+        if depth and (_HEX_RUN.search(alnum) or ("0x" in alnum and _HEX_RUN.search(alnum.replace("0x", "")))):
+            hidden = _hex_decoded(alnum, self.textlike)
+            if hidden and self.leaks(hidden, depth - 1):
+                return True
         compact = _ZERO_WIDTH.sub("", decoded)
         if (
             self.b64_min
@@ -361,6 +438,11 @@ class _Probes:
             and any(p.found_in(compact) for p in self.b64())
         ):
             return True
+        if depth and len(compact) >= self.b64_decode_min:
+            # Base64 of another spelling (another case, percent-encoded, spaced out, hex...).
+            hidden = _b64_decoded(compact, self.b64_decode_min, self.textlike)
+            if hidden and self.leaks(hidden, depth - 1):
+                return True
         return bool(self.norms) and self._masked(decoded)
 
     def _masked(self, decoded: str) -> bool:

@@ -145,6 +145,15 @@ def test_base64_of_a_very_short_value_alone_is_dropped(value: str) -> None:
         assert dropped(form, (KEY, value)), form
 
 
+@pytest.mark.parametrize("value", ["00İ", "ßß1"])
+def test_grouped_base64_of_a_short_non_ascii_value_is_dropped(value: str) -> None:
+    """Decoded base64 was skipped when it had fewer characters in a row than the smallest piece
+    looked for, but pieces are counted after casefolding, which lengthens "İ" and "ß": the three
+    decoded characters of "00İ" were fewer than the four of its folded form."""
+    enc = b64(value)
+    assert dropped(f"value {enc[:4]} {enc[4:]}", (KEY, value))
+
+
 def test_a_secret_inside_another_does_not_hide_a_piece_of_the_outer_one() -> None:
     """The value "CANARY" is inside the key. Replacing it with the marker cut a 20-character piece
     of the key into two 7-character halves, each too short to count; the caller, who knows the

@@ -378,8 +378,12 @@ class _Probes:
         lengths = (_b64_min_len(len(s.encode()), whole) for s, whole in secrets)
         self.b64_min = min((n for n in lengths if n), default=0)
         # Decoded text shorter than the smallest piece looked for (in bytes: a character is at
-        # least one) cannot hold one: base64 runs shorter than its encoding are not decoded.
+        # least one) cannot hold one: base64 runs shorter than its encoding are not decoded. The
+        # pieces are counted after NFKC and casefolding, which can lengthen non-ASCII text ("İ"
+        # is two characters then): for such secrets only the floor (a character or two) holds.
+        ascii_only = all(s.isascii() for s in plain)
         sizes = [p.size for p in (*self.alnum, *self.gentle)] + [7] * bool(norms or self.raw)
+        sizes = sizes if ascii_only else [2]
         self.b64_decode_min = max(3, -(-4 * min(sizes, default=1) // 3))
         self.textlike = _TEXTLIKE[min(FRAGMENT, max(2, min(sizes, default=2)))]
         # A secret holding another's verbatim form ("dk_...x7CANARYv4..." holding "CANARY"): the

@@ -145,6 +145,15 @@ def test_base64_of_a_very_short_value_alone_is_dropped(value: str) -> None:
         assert dropped(form, (KEY, value)), form
 
 
+@pytest.mark.parametrize("value", ["Bfnrt9", "t1b2n3r4f5"])
+def test_twice_escaped_unicode_is_read_back(value: str) -> None:
+    """An escaped backslash was not undone: in \\\\u0072 the second backslash and u0072 made an
+    "r", leaving a backslash and an "r" that the next round read as a carriage return, so every b,
+    f, n, r and t of a value escaped twice vanished."""
+    once = "".join(f"\\u{ord(c):04x}" for c in value)
+    assert dropped(f"bad value {json.dumps(once)[1:-1]}", (KEY, value))
+
+
 @pytest.mark.parametrize("value", ["00İ", "ßß1"])
 def test_grouped_base64_of_a_short_non_ascii_value_is_dropped(value: str) -> None:
     """Decoded base64 was skipped when it had fewer characters in a row than the smallest piece

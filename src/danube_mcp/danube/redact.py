@@ -69,8 +69,10 @@ _TEXTLIKE: Final = {
 }
 # How many encodings deep (base64 or hex, inside each other) decoded text is checked again.
 _DEPTH: Final = 2
-# JSON / Python style escapes an upstream may leave in text.
-_BACKSLASH_ESC: Final = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([nrtbf]))")
+# JSON / Python style escapes an upstream may leave in text. An escaped backslash is undone in
+# the same round, so a twice-escaped "r" (\\u0072) becomes \u0072, then r: not a backslash
+# and then, next round, a carriage return.
+_BACKSLASH_ESC: Final = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([nrtbf])|([\\/\"']))")
 _SIMPLE_ESC: Final = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
 # A mask (a run of mask characters, an ellipsis) and the visible parts either side of it.
 _MASK: Final = re.compile(r"[*•●·#x∗∙⋅◦○■□▪▫◼◻◾◽█▓▒░~_-]{3,}|\.{2,}|[…⋯]|\[redacted\]|<redacted>")
@@ -117,7 +119,9 @@ def _decode_layers(text: str) -> str:
 
 
 def _unescape_one(m: re.Match[str]) -> str:
-    hex4, hex2, simple = m.groups()
+    hex4, hex2, simple, itself = m.groups()
+    if itself:
+        return itself
     if simple:
         return _SIMPLE_ESC[simple]
     return chr(int(hex4 or hex2, 16))

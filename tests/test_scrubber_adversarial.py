@@ -78,6 +78,15 @@ def test_base64_with_a_word_glued_on_is_dropped(glue: str) -> None:
         assert dropped(quote_plus(f"Authorization=Basic {b64('u:' + inner)}"), (KEY, VALUE))
 
 
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be", "utf-16"])
+def test_base64_and_hex_of_utf16_are_dropped(codec: str) -> None:
+    """UTF-16 puts a NUL beside every ASCII character; decoded text with NULs in it was taken for
+    noise and not looked at."""
+    raw = KEY.encode(codec)
+    for echo in (b64(raw), raw.hex()):
+        assert dropped(f"key {echo}", (KEY, VALUE)), echo
+
+
 def test_base64_of_a_percent_encoded_value_is_dropped() -> None:
     """Percent-encoding changes every byte of a value made of punctuation, so the value's own
     base64 is nowhere in the base64 of its percent-encoding."""

@@ -63,9 +63,10 @@ _B64_CHAIN: Final = re.compile(r"[A-Za-z0-9+/_-]{2,}={0,2}(?:[ \t\r\n]+[A-Za-z0-
 # A digit, or a capital after another base64 character (one charset first: the fast scan).
 _B64_HINT: Final = re.compile(r"[A-Z0-9](?:(?<=[A-Za-z0-9+/_-][A-Z])|(?<=[0-9]))")
 # Decoded bytes worth a look: as many characters in a row as the smallest piece looked for, none
-# of them a control character or undecodable (noise decoded from ordinary words has few such runs).
+# of them a control character or undecodable (noise decoded from ordinary words has few such runs);
+# NUL is allowed, as UTF-16 puts one after every ASCII character.
 _TEXTLIKE: Final = {
-    n: re.compile(rf"[^\ufffd\x00-\x08\x0e-\x1f\x7f]{{{n},}}") for n in range(2, FRAGMENT + 1)
+    n: re.compile(rf"[^\ufffd\x01-\x08\x0e-\x1f\x7f]{{{n},}}") for n in range(2, FRAGMENT + 1)
 }
 # How many encodings deep (base64 or hex, inside each other) decoded text is checked again.
 _DEPTH: Final = 2

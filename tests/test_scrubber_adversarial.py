@@ -163,6 +163,17 @@ def test_twice_escaped_unicode_is_read_back(value: str) -> None:
     assert dropped(f"bad value {json.dumps(once)[1:-1]}", (KEY, value))
 
 
+@pytest.mark.parametrize("value", ["X%41bc&amp;De\\n9", "p@ss%2Fw&lt;rd", "000:::\\'"])
+def test_a_value_that_holds_escapes_is_found_in_another_case(value: str) -> None:
+    """Texts are read with entities, percent and backslash escapes undone, but the value was not:
+    a value that holds such an escape itself, echoed in upper case or in base64 split into groups
+    (no verbatim copy), read as "XABC&DE..." against "X41bcampDe..." and matched nothing."""
+    enc = b64(value)
+    assert Scrubber((KEY, value)).for_fields()(f"{enc[:4]} {enc[4:8]} {enc[8:]}") == REDACTED
+    if value.upper() != value:
+        assert dropped(f"value {value.upper()}", (KEY, value))
+
+
 @pytest.mark.parametrize("value", ["00İ", "ßß1"])
 def test_grouped_base64_of_a_short_non_ascii_value_is_dropped(value: str) -> None:
     """Decoded base64 was skipped when it had fewer characters in a row than the smallest piece

@@ -356,7 +356,10 @@ class _Probes:
         gentle: list[tuple[int, str]] = []
         hexes: set[str] = set()
         norms: set[str] = set()
-        for s, whole in secrets:
+        # Texts are read with escapes undone (entities, backslashes, percent): a secret holding
+        # such an escape itself ("000:::\\'") is also looked for as it reads once they are undone.
+        unescaped = [(u, whole) for s, whole in secrets if (u := _decode_layers(s)) != s]
+        for s, whole in [*secrets, *unescaped]:
             norm = alnum_form(s)
             if len(s.encode()) >= 4:  # punctuation-only secrets have a hex form too
                 hexes.add(s.encode().hex())

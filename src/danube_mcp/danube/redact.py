@@ -358,7 +358,11 @@ class _Probes:
         norms: set[str] = set()
         # Texts are read with escapes undone (entities, backslashes, percent): a secret holding
         # such an escape itself ("000:::\\'") is also looked for as it reads once they are undone.
-        unescaped = [(u, whole) for s, whole in secrets if (u := _decode_layers(s)) != s]
+        unescaped = [
+            (u, whole)
+            for s, whole in secrets
+            if ("&" in s or "\\" in s or "%" in s) and (u := _decode_layers(s)) != s
+        ]
         for s, whole in [*secrets, *unescaped]:
             norm = alnum_form(s)
             if len(s.encode()) >= 4:  # punctuation-only secrets have a hex form too
@@ -388,12 +392,12 @@ class _Probes:
         # Decoded text shorter than the smallest piece looked for (in bytes: a character is at
         # least one) cannot hold one: base64 runs shorter than its encoding are not decoded. The
         # pieces are counted after NFKC and casefolding, which can lengthen non-ASCII text ("İ"
-        # is two characters then): for such secrets only the floor (a character or two) holds.
-        ascii_only = all(s.isascii() for s in plain)
+        # is two characters then): the count is divided by the most any character grows.
         sizes = [p.size for p in (*self.alnum, *self.gentle)] + [7] * bool(norms or self.raw)
-        sizes = sizes if ascii_only else [2]
-        self.b64_decode_min = max(3, -(-4 * min(sizes, default=1) // 3))
-        self.textlike = _TEXTLIKE[min(FRAGMENT, max(2, min(sizes, default=2)))]
+        grows = max((len(_gentle_form(c)) for s in plain if not s.isascii() for c in s), default=1)
+        smallest = max(2, -(-min(sizes, default=2) // max(1, grows)))
+        self.b64_decode_min = max(3, -(-4 * smallest // 3))
+        self.textlike = _TEXTLIKE[min(FRAGMENT, smallest)]
         # A secret holding another's verbatim form ("dk_...x7CANARYv4..." holding "CANARY"): the
         # marker that replaces the inner one would cut a piece of the outer one into parts too
         # short to count, while whoever knows the inner one reads it whole (see Scrubber.safe).

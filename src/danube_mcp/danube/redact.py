@@ -439,9 +439,15 @@ class _Probes:
         alnum = alnum_form(decoded)
         if self.hit(alnum) or any(h in alnum for h in self.hexes):
             return True
+        # Undoing escapes can also eat what only looks like one: a key's "\F00", echoed in lower
+        # case, reads as a form feed and "00". The text as it stands is checked too.
+        if decoded != text and self.hit(alnum_form(text)):
+            return True
         if self.gentle:
             gentle = _gentle_form(decoded)
             if any(p.found_in(gentle) for p in self.gentle):
+                return True
+            if decoded != text and any(p.found_in(_gentle_form(text)) for p in self.gentle):
                 return True
         if depth and (_HEX_RUN.search(alnum) or ("0x" in alnum and _HEX_RUN.search(alnum.replace("0x", "")))):
             hidden = _hex_decoded(alnum, self.textlike)

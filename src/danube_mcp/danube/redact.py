@@ -60,8 +60,9 @@ _HEX_RUN: Final = re.compile(r"[0-9a-f]{8,}")
 # Only runs with a hint (a digit, or a capital after a letter) are: base64 of text has one within
 # a few characters, and decoding every word of an ordinary message would double what a call costs.
 _B64_CHAIN: Final = re.compile(r"[A-Za-z0-9+/_-]{2,}={0,2}(?:[ \t\r\n]+[A-Za-z0-9+/_-]{2,}={0,2})*")
-# A digit, or a capital after another base64 character (one charset first: the fast scan).
-_B64_HINT: Final = re.compile(r"[A-Z0-9](?:(?<=[A-Za-z0-9+/_-][A-Z])|(?<=[0-9]))")
+# A digit, a capital after another base64 character, or padding (one charset first: the fast
+# scan): base64 of a PIN may have only the padding ("MjcwMg==").
+_B64_HINT: Final = re.compile(r"[A-Z0-9=](?:(?<=[A-Za-z0-9+/_-][A-Z])|(?<=[0-9])|(?<=[A-Za-z0-9+/_-]=))")
 # Decoded bytes worth a look: as many characters in a row as the smallest piece looked for, none
 # of them a control character or undecodable (noise decoded from ordinary words has few such runs);
 # NUL is allowed, as UTF-16 puts one after every ASCII character.
@@ -165,13 +166,15 @@ def _b64_decoded(compact: str, shortest: int, textlike: re.Pattern[str]) -> str:
     """Text hidden in base64 (either alphabet, padding optional, in groups split by whitespace
     when each group but the last is a whole number of quanta), decoded and joined as above.
     Groups shorter than ``shortest`` characters are not decoded."""
-    if not _B64_HINT.search(compact):
+    # The hint is looked for with whitespace removed: in base64 split into groups of four, each
+    # group's capital comes after a space ("Mjcw Mjcw" for 270270), and after a letter once joined.
+    if not _B64_HINT.search("".join(compact.split())):
         return ""
     runs: list[str] = []
     for chain in _B64_CHAIN.findall(compact):
-        if len(chain) < shortest or not _B64_HINT.search(chain):
-            continue
         tokens = chain.split()
+        if len(chain) < shortest or not _B64_HINT.search("".join(tokens)):
+            continue
         if len(tokens) == 1:
             runs.append(chain)
             continue

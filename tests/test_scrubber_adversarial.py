@@ -192,6 +192,15 @@ def test_grouped_base64_of_a_pin_is_dropped(pin: str) -> None:
     assert dropped(f"pin {grouped} rejected", (KEY, pin)), grouped
 
 
+def test_a_percent_escape_inside_a_key_escaped_twice_is_still_found() -> None:
+    """The same with a key holding "%00": nine of its characters escaped twice read back as
+    "cd%00efgh" after two rounds, and the same round undid the "%00" too, leaving "cd", a NUL and
+    "efgh": six letters and digits where there were eight (found by the property test)."""
+    key = "Zq8w-abcd%00efgh-Lm3x"
+    once = "".join(f"\\u{ord(c):04x}" for c in key[7:16])
+    assert dropped(f"bad key {json.dumps(once)[1:-1]}", (key, VALUE))
+
+
 @pytest.mark.parametrize("value", ["00İ", "ßß1"])
 def test_grouped_base64_of_a_short_non_ascii_value_is_dropped(value: str) -> None:
     """Decoded base64 was skipped when it had fewer characters in a row than the smallest piece
@@ -441,8 +450,13 @@ def scenarios(draw: st.DrawFn) -> tuple[str, str, str, str]:
 @example(scenario=("sk-CANARY-KEY-7f3a9c2e41b8d6057a1c3e9f", "pw9Xk2", b64(KEY.swapcase()), "swapcase+b64"))
 @example(scenario=(KEY, VALUE, "key " + _b64_grouped(KEY), "b64-grouped"))
 @example(scenario=(KEY, PUNCT, "v " + PUNCT.encode().hex(), "hex"))
+# Derandomized: the same 400 cases on every run, so CI cannot fail at random. To search further,
+# run it with other settings (a review ran 25,000-30,000 random cases per round this way).
 @settings(
-    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 @given(scenario=scenarios())
 def test_property_no_recoverable_form_survives(scenario: tuple[str, str, str, str]) -> None:

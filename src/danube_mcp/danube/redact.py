@@ -107,17 +107,29 @@ def key_tail(key: str | None) -> str | None:
 
 def _decode_layers(text: str) -> str:
     """HTML entities, backslash escapes and percent-encoding decoded, a few rounds (they nest)."""
+    return _decode_steps(text)[-1]
+
+
+def _decode_steps(text: str) -> list[str]:
+    """``text`` and each different text on the way to :func:`_decode_layers`' result."""
+    steps = [text]
     for _ in range(3):
         before = text
         if "&" in text:
             text = html.unescape(text)
+            if text != steps[-1]:
+                steps.append(text)
         if "\\" in text:
             text = _BACKSLASH_ESC.sub(_unescape_one, text)
+            if text != steps[-1]:
+                steps.append(text)
         if "%" in text:
             text = unquote(text, errors="replace")
+            if text != steps[-1]:
+                steps.append(text)
         if text == before:
             break
-    return text
+    return steps
 
 
 def _unescape_one(m: re.Match[str]) -> str:
@@ -438,19 +450,20 @@ class _Probes:
         Text decoded from hex or base64 runs is checked again the same way, ``depth`` levels."""
         if any(p.found_in(text) for p in self.raw):
             return True
-        decoded = _decode_layers(text)
+        *partly, decoded = _decode_steps(text)
         alnum = alnum_form(decoded)
         if self.hit(alnum) or any(h in alnum for h in self.hexes):
             return True
         # Undoing escapes can also eat what only looks like one: a key's "\F00", echoed in lower
-        # case, reads as a form feed and "00". The text as it stands is checked too.
-        if decoded != text and self.hit(alnum_form(text)):
+        # case, reads as a form feed and "00"; its "%00", escaped twice, as a NUL once the
+        # backslashes are undone. The text as it stands and each step on the way are checked too.
+        if partly and any(self.hit(alnum_form(t)) for t in partly):
             return True
         if self.gentle:
             gentle = _gentle_form(decoded)
             if any(p.found_in(gentle) for p in self.gentle):
                 return True
-            if decoded != text and any(p.found_in(_gentle_form(text)) for p in self.gentle):
+            if partly and any(p.found_in(_gentle_form(t)) for t in partly for p in self.gentle):
                 return True
         if depth and (_HEX_RUN.search(alnum) or ("0x" in alnum and _HEX_RUN.search(alnum.replace("0x", "")))):
             hidden = _hex_decoded(alnum, self.textlike)

@@ -182,11 +182,12 @@ def test_what_only_looks_like_an_escape_after_a_case_change_is_still_found(secre
     assert dropped(f"bad key {secret.lower()}", (secret, VALUE))
 
 
-@pytest.mark.parametrize("pin", ["2702", "270270", "270270270"])
+@pytest.mark.parametrize("pin", ["2702", "270270", "270270270", "270~70"])
 def test_grouped_base64_of_a_pin_is_dropped(pin: str) -> None:
     """Base64 runs were decoded only with a digit or a capital after a letter in them; base64 of a
-    PIN can have neither ("MjcwMg==", or "Mjcw Mjcw" once split into groups of four), and its
-    exact pieces are split by the spaces (found by the property test)."""
+    PIN can have neither ("MjcwMg==", or "Mjcw Mjcw" once split into groups of four, or "Mjcw
+    fjcw" with nothing at all), and its exact pieces are split by the spaces (found by the
+    property test)."""
     enc = b64(pin)
     grouped = " ".join(enc[i : i + 4] for i in range(0, len(enc), 4))
     assert dropped(f"pin {grouped} rejected", (KEY, pin)), grouped

@@ -174,13 +174,14 @@ def _hex_decoded(alnum: str, textlike: re.Pattern[str]) -> str:
     return " | ".join(t for t in out if textlike.search(t))
 
 
-def _b64_decoded(compact: str, shortest: int, textlike: re.Pattern[str]) -> str:
+def _b64_decoded(compact: str, joined: str, shortest: int, textlike: re.Pattern[str]) -> str:
     """Text hidden in base64 (either alphabet, padding optional, in groups split by whitespace
     when each group but the last is a whole number of quanta), decoded and joined as above.
-    Groups shorter than ``shortest`` characters are not decoded."""
+    ``joined`` is ``compact`` without whitespace. Groups shorter than ``shortest`` characters are
+    not decoded."""
     # The hint is looked for with whitespace removed: in base64 split into groups of four, each
     # group's capital comes after a space ("Mjcw Mjcw" for 270270), and after a letter once joined.
-    if not _B64_HINT.search("".join(compact.split())):
+    if not _B64_HINT.search(joined):
         return ""
     runs: list[str] = []
     for chain in _B64_CHAIN.findall(compact):
@@ -470,15 +471,18 @@ class _Probes:
             if hidden and self.leaks(hidden, depth - 1):
                 return True
         compact = _ZERO_WIDTH.sub("", decoded)
+        # Looked for with whitespace removed too: base64 split into groups ("Mjcw fjcw") has its
+        # pieces cut by the spaces, and may have nothing that makes it worth decoding.
+        joined = "".join(compact.split())
         if (
             self.b64_min
-            and any(len(r) >= self.b64_min for r in _B64_RUN.findall(compact))
-            and any(p.found_in(compact) for p in self.b64())
+            and any(len(r) >= self.b64_min for r in _B64_RUN.findall(joined))
+            and any(p.found_in(joined) for p in self.b64())
         ):
             return True
         if depth and len(compact) >= self.b64_decode_min:
             # Base64 of another spelling (another case, percent-encoded, spaced out, hex...).
-            hidden = _b64_decoded(compact, self.b64_decode_min, self.textlike)
+            hidden = _b64_decoded(compact, joined, self.b64_decode_min, self.textlike)
             if hidden and self.leaks(hidden, depth - 1):
                 return True
         return bool(self.norms) and self._masked(decoded)

@@ -471,12 +471,13 @@ class _Probes:
             if hidden and self.leaks(hidden, depth - 1):
                 return True
         compact = _ZERO_WIDTH.sub("", decoded)
-        # Looked for with whitespace removed too: base64 split into groups ("Mjcw fjcw") has its
-        # pieces cut by the spaces, and may have nothing that makes it worth decoding.
+        # Looked for with whitespace removed: base64 split into groups ("Mjcw fjcw") has its pieces
+        # cut by the spaces, and may have nothing that makes it worth decoding. (Whether to look
+        # at all still depends on the runs as they stand: joined words would wake it every time.)
         joined = "".join(compact.split())
         if (
             self.b64_min
-            and any(len(r) >= self.b64_min for r in _B64_RUN.findall(joined))
+            and any(len(r) >= self.b64_min for r in _B64_RUN.findall(compact))
             and any(p.found_in(joined) for p in self.b64())
         ):
             return True

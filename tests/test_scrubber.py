@@ -149,22 +149,24 @@ def test_fragments_in_base64_and_hex_are_dropped(fragment: str) -> None:
         assert scrub(f"echo {text}", SECRETS) == REDACTED, text
 
 
-@pytest.mark.parametrize(
-    "benign",
-    [
-        "service svc_openai_001 not found",
-        "Invalid credential_type: expected bearer or api_key",
-        "Rate limit exceeded... try again later",
-        "Plaintext credentials are deprecated; store a vault:// or env:// reference instead.",
-        "The request body could not be parsed: Expecting value: line 1 column 1 (char 0)",
-        "OpenAI",
-        "GitHub Enterprise (on-premises)",
-        "Service temporarily unavailable. Retry after 30 seconds.",
-        "Authorization: Basic " + b64("someone:other-password-123"),
-        "see https://danube.example/dashboard/tools/svc_openai_001 for details",
-        "key ****a1b2 is revoked",  # someone else's key tail
-    ],
-)
+# Upstream text that holds no secret and must come through unchanged (also used by the
+# adversarial tests, with more secret shapes).
+BENIGN = [
+    "service svc_openai_001 not found",
+    "Invalid credential_type: expected bearer or api_key",
+    "Rate limit exceeded... try again later",
+    "Plaintext credentials are deprecated; store a vault:// or env:// reference instead.",
+    "The request body could not be parsed: Expecting value: line 1 column 1 (char 0)",
+    "OpenAI",
+    "GitHub Enterprise (on-premises)",
+    "Service temporarily unavailable. Retry after 30 seconds.",
+    "Authorization: Basic " + b64("someone:other-password-123"),
+    "see https://danube.example/dashboard/tools/svc_openai_001 for details",
+    "key ****a1b2 is revoked",  # someone else's key tail
+]
+
+
+@pytest.mark.parametrize("benign", BENIGN)
 def test_ordinary_messages_pass_untouched(benign: str) -> None:
     assert scrub(benign, SECRETS) == benign
     assert clean_or_none(benign, Scrubber(SECRETS)) == benign

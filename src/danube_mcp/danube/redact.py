@@ -466,7 +466,7 @@ class _Probes:
                 return True
             if partly and any(p.found_in(_gentle_form(t)) for t in partly for p in self.gentle):
                 return True
-        if depth and (_HEX_RUN.search(alnum) or ("0x" in alnum and _HEX_RUN.search(alnum.replace("0x", "")))):
+        if depth:  # "" when the text has no hex run (0x prefixes dropped there, not here too)
             hidden = _hex_decoded(alnum, self.textlike)
             if hidden and self.leaks(hidden, depth - 1):
                 return True

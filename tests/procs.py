@@ -144,18 +144,7 @@ class RawStdio:
                 return msg
 
     def initialize(self) -> dict[str, Any]:
-        self.send(
-            {
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "raw-test", "version": "0"},
-                },
-            }
-        )
+        self.send(initialize_request("2025-06-18"))
         answer = self.recv_id(0)
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return answer
@@ -250,6 +239,20 @@ def http_server(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator[Htt
 
 
 MODERN = "2026-07-28"
+
+
+def initialize_request(protocol: str = "2025-11-25", rid: int = 0) -> dict[str, Any]:
+    """An initialize-era ``initialize`` request with no client capabilities."""
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": protocol,
+            "capabilities": {},
+            "clientInfo": {"name": "raw-test", "version": "0"},
+        },
+    }
 
 
 def modern_meta(capabilities: dict[str, Any] | None = None) -> dict[str, Any]:

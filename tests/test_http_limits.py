@@ -35,7 +35,7 @@ import pytest
 from danube_mcp.cli_parser import build_parser
 from danube_mcp.config import ConfigError, load_settings
 from danube_mcp.transports.http_options import HttpOptions
-from procs import LISTENING, REPO, Captured, child_env, modern_meta, wait_for_line
+from procs import LISTENING, REPO, Captured, child_env, initialize_request, modern_meta, wait_for_line
 from upstream import FakeUpstream, Reply
 
 SERVER_KEY = "dk-CANARY-limits-key-5555555555555555"
@@ -507,16 +507,7 @@ def test_bad_flags_are_one_line_exit_2_without_the_value(
 
 def test_concurrent_initialize_requests_cannot_pass_the_same_free_session_slot() -> None:
     async def flood(port: int, n: int) -> list[httpx2.Response]:
-        body = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "flood", "version": "0"},
-            },
-        }
+        body = initialize_request(rid=1)
         headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
         limits = httpx2.Limits(max_connections=n)
         async with httpx2.AsyncClient(timeout=30, limits=limits) as client:

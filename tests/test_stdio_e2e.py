@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import REPO, child_env, mcp_stdio, raw_stdio
+from procs import REPO, child_env, initialize_request, mcp_stdio, raw_stdio
 from upstream import FakeUpstream, Reply
 
 pytestmark = pytest.mark.anyio
@@ -143,19 +143,9 @@ def test_stray_prints_cannot_reach_stdout(upstream: FakeUpstream) -> None:
         "import danube_mcp.cli as c\n"
         "sys.exit(c.main([]))\n"
     )
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"},
-        },
-    }
     proc = subprocess.run(
         [sys.executable, "-c", script],
-        input=(json.dumps(init) + "\n").encode(),
+        input=(json.dumps(initialize_request("2025-06-18")) + "\n").encode(),
         capture_output=True,
         env=env_for(upstream),
         cwd=str(REPO),
@@ -288,16 +278,7 @@ def _piped(lines: list[dict[str, object]], fast_start: str, cache: str, **env: s
     return done.stdout
 
 
-HELLO = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
+HELLO = initialize_request()
 READY = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 
 
